@@ -1,0 +1,149 @@
+"""The matrix product used by every kernel, and the BLAS thread knob.
+
+Numba's own ``np.dot`` goes through SciPy's bundled (older, LP64) OpenBLAS and
+allocates its result. fastbp instead calls ``cblas_sgemm``/``cblas_dgemm`` of the
+OpenBLAS that NumPy itself ships (ILP64, ``scipy_`` prefixed symbols), writing
+into buffers we own, with transposes and ``beta`` (overwrite or accumulate) for
+free.
+
+The library's address is registered with LLVM under a fixed symbol name
+(``fastbp_sgemm`` / ``fastbp_dgemm``) and the kernels call that name as an
+external function. Because the address is resolved when code is linked, not
+baked into it, ``cache=True`` keeps working across processes.
+
+When NumPy ships no usable OpenBLAS (other platforms, or ``FASTBP_BLAS=numba``
+in the environment), the same symbols point at a plain Numba ``cfunc`` GEMM:
+correct, slower, and dependency-free.
+"""
+
+import ctypes
+import glob
+import os
+
+import llvmlite.binding as llvm
+import numpy as np
+from numba import carray, cfunc, njit, types
+
+from ._config import JIT
+
+# CBLAS enums
+ROW_MAJOR = 101
+NO_TRANS = 111
+TRANS = 112
+
+_i32, _i64 = types.int32, types.int64
+
+
+def _gemm_sig(ft, ptr):
+    # (order, transa, transb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc)
+    return types.void(_i32, _i32, _i32, _i64, _i64, _i64, ft, ptr, _i64, ptr, _i64, ft, ptr, _i64)
+
+
+def _fallback_gemm(order, transa, transb, m, n, k, alpha, pa, lda, pb, ldb, beta, pc, ldc):
+    # Row-major C = alpha op(A) op(B) + beta C, i-p-j order so the inner loop is contiguous in C.
+    C = carray(pc, (m, ldc))
+    A = carray(pa, (k if transa == TRANS else m, lda))
+    B = carray(pb, (n if transb == TRANS else k, ldb))
+    for i in range(m):
+        for j in range(n):
+            C[i, j] = 0.0 if beta == 0.0 else beta * C[i, j]
+        for p in range(k):
+            a = alpha * (A[p, i] if transa == TRANS else A[i, p])
+            if transb == TRANS:
+                for j in range(n):
+                    C[i, j] += a * B[j, p]
+            else:
+                for j in range(n):
+                    C[i, j] += a * B[p, j]
+
+
+def _find_numpy_openblas():
+    """(library, prefix) of NumPy's bundled ILP64 OpenBLAS, or (None, None)."""
+    base = os.path.dirname(np.__file__)
+    candidates = []
+    for d in (base + ".libs", os.path.join(base, ".dylibs"), base):
+        candidates += glob.glob(os.path.join(d, "*openblas*"))
+    for path in candidates:
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for prefix, suffix in (("scipy_", "64_"), ("", "64_")):
+            if hasattr(lib, f"{prefix}cblas_sgemm{suffix}") and hasattr(lib, f"{prefix}cblas_dgemm{suffix}"):
+                return lib, (prefix, suffix, path)
+    return None, None
+
+
+def _address(fn):
+    return ctypes.cast(fn, ctypes.c_void_p).value
+
+
+def _setup():
+    info = {"provider": "numba-fallback", "library": None, "config": None}
+    lib, found = (None, None) if os.environ.get("FASTBP_BLAS", "").lower() == "numba" else _find_numpy_openblas()
+    set_threads = get_threads = None
+    if lib is not None:
+        prefix, suffix, path = found
+        llvm.add_symbol("fastbp_sgemm", _address(getattr(lib, f"{prefix}cblas_sgemm{suffix}")))
+        llvm.add_symbol("fastbp_dgemm", _address(getattr(lib, f"{prefix}cblas_dgemm{suffix}")))
+        info.update(provider="numpy-openblas", library=path)
+        for name in (f"{prefix}openblas_set_num_threads{suffix}", "openblas_set_num_threads"):
+            if hasattr(lib, name):
+                set_threads = getattr(lib, name)
+                set_threads.argtypes = [ctypes.c_int]
+                break
+        for name in (f"{prefix}openblas_get_num_threads{suffix}", "openblas_get_num_threads"):
+            if hasattr(lib, name):
+                get_threads = getattr(lib, name)
+                get_threads.restype = ctypes.c_int
+                break
+        cfg = getattr(lib, f"{prefix}openblas_get_config{suffix}", None)
+        if cfg is not None:
+            cfg.restype = ctypes.c_char_p
+            info["config"] = cfg().decode()
+    else:
+        s = cfunc(_gemm_sig(types.float32, types.CPointer(types.float32)), **JIT)(_fallback_gemm)
+        d = cfunc(_gemm_sig(types.float64, types.CPointer(types.float64)), **JIT)(_fallback_gemm)
+        llvm.add_symbol("fastbp_sgemm", s.address)
+        llvm.add_symbol("fastbp_dgemm", d.address)
+        _setup.keep = (s, d)  # keep the compiled cfuncs alive
+    return info, set_threads, get_threads
+
+
+BLAS_INFO, _set_threads, _get_threads = _setup()
+
+_sgemm = types.ExternalFunction("fastbp_sgemm", _gemm_sig(types.float32, types.uintp))
+_dgemm = types.ExternalFunction("fastbp_dgemm", _gemm_sig(types.float64, types.uintp))
+
+
+def set_blas_threads(n):
+    if _set_threads is not None:
+        _set_threads(int(n))
+
+
+def get_blas_threads():
+    return int(_get_threads()) if _get_threads is not None else 1
+
+
+@njit(**JIT)
+def gemm(trans_a, trans_b, alpha, A, B, beta, C):
+    """C = alpha * op(A) @ op(B) + beta * C for C-contiguous 2-D arrays.
+
+    op(X) is X or X.T as ``trans_*`` says; op(A) is (m, k), op(B) is (k, n), C is (m, n).
+    beta = 0 overwrites C (BLAS ignores its old contents, NaN included).
+    """
+    m, n = C.shape
+    k = A.shape[0] if trans_a else A.shape[1]
+    if m == 0 or n == 0:
+        return
+    ta = np.int32(TRANS if trans_a else NO_TRANS)
+    tb = np.int32(TRANS if trans_b else NO_TRANS)
+    lda = max(1, A.shape[1])
+    ldb = max(1, B.shape[1])
+    ldc = max(1, n)
+    if C.itemsize == 4:
+        _sgemm(np.int32(ROW_MAJOR), ta, tb, m, n, k, np.float32(alpha), A.ctypes.data, lda,
+               B.ctypes.data, ldb, np.float32(beta), C.ctypes.data, ldc)
+    else:
+        _dgemm(np.int32(ROW_MAJOR), ta, tb, m, n, k, np.float64(alpha), A.ctypes.data, lda,
+               B.ctypes.data, ldb, np.float64(beta), C.ctypes.data, ldc)

@@ -1,0 +1,266 @@
+"""Hidden-layer activations with the bias add fused in, as forward/backward pairs.
+
+Forward:  Z = Z + b (in place), A = f(Z).  ``A`` may be the same buffer as ``Z``.
+Backward: dZ = dA * f'(.), db = sum over rows of dZ.  ``dZ`` may be ``dA``.
+
+Derivatives are taken from the *output* A wherever that is exact (as
+scikit-learn does), so those activations run in place and store no
+pre-activation; only gelu reads Z. ``alpha`` is the negative slope of
+leaky_relu and the alpha of elu (unused by the others).
+"""
+
+import numpy as np
+from numba import njit
+
+from .._config import JIT
+
+IDENTITY, RELU, LEAKY_RELU, ELU, SIGMOID, TANH, SOFTPLUS, GELU = range(8)
+ACTIVATIONS = {
+    "identity": IDENTITY, "relu": RELU, "leaky_relu": LEAKY_RELU, "elu": ELU,
+    "sigmoid": SIGMOID, "tanh": TANH, "softplus": SOFTPLUS, "gelu": GELU,
+}
+ALIASES = {"logistic": "sigmoid", "linear": "identity"}
+DEFAULT_ALPHA = {LEAKY_RELU: 0.01, ELU: 1.0}
+NEEDS_Z = (GELU,)          # backward reads the pre-activation
+RELU_LIKE = (RELU, LEAKY_RELU, ELU, GELU, SOFTPLUS)  # He initialisation
+
+_GELU_C = 0.7978845608028654  # sqrt(2/pi)
+_GELU_K = 0.044715
+
+
+@njit(**JIT)
+def _colsum_init(db):
+    for j in range(db.shape[0]):
+        db[j] = 0.0
+
+
+# ---- identity: A = Z ------------------------------------------------------------
+@njit(**JIT)
+def identity_forward(A, Z, b):
+    # Z, A (n, k); b (k,)
+    n, k = Z.shape
+    for i in range(n):
+        for j in range(k):
+            A[i, j] = Z[i, j] + b[j]
+
+
+@njit(**JIT)
+def identity_backward(dZ, db, dA):
+    # dZ, dA (n, k); db (k,)   inverts A = Z
+    n, k = dA.shape
+    _colsum_init(db)
+    for i in range(n):
+        for j in range(k):
+            g = dA[i, j]
+            dZ[i, j] = g
+            db[j] += g
+
+
+# ---- relu: A = max(Z, 0) -------------------------------------------------------
+@njit(**JIT)
+def relu_forward(A, Z, b):
+    n, k = Z.shape
+    for i in range(n):
+        for j in range(k):
+            z = Z[i, j] + b[j]
+            A[i, j] = z if z > 0 else 0.0
+
+
+@njit(**JIT)
+def relu_backward(dZ, db, dA, A):
+    # f'(z) = 1 if A > 0
+    n, k = dA.shape
+    _colsum_init(db)
+    for i in range(n):
+        for j in range(k):
+            g = dA[i, j] if A[i, j] > 0 else 0.0
+            dZ[i, j] = g
+            db[j] += g
+
+
+# ---- leaky_relu: A = Z if Z > 0 else alpha Z (alpha > 0 keeps the sign) -------
+@njit(**JIT)
+def leaky_relu_forward(A, Z, b, alpha):
+    n, k = Z.shape
+    for i in range(n):
+        for j in range(k):
+            z = Z[i, j] + b[j]
+            A[i, j] = z if z > 0 else alpha * z
+
+
+@njit(**JIT)
+def leaky_relu_backward(dZ, db, dA, A, alpha):
+    n, k = dA.shape
+    _colsum_init(db)
+    for i in range(n):
+        for j in range(k):
+            g = dA[i, j] if A[i, j] > 0 else alpha * dA[i, j]
+            dZ[i, j] = g
+            db[j] += g
+
+
+# ---- elu: A = Z if Z > 0 else alpha (exp(Z) - 1) -------------------------------
+@njit(**JIT)
+def elu_forward(A, Z, b, alpha):
+    n, k = Z.shape
+    for i in range(n):
+        for j in range(k):
+            z = Z[i, j] + b[j]
+            A[i, j] = z if z > 0 else alpha * np.expm1(z)
+
+
+@njit(**JIT)
+def elu_backward(dZ, db, dA, A, alpha):
+    # f'(z) = 1 for z > 0, alpha exp(z) = A + alpha otherwise
+    n, k = dA.shape
+    _colsum_init(db)
+    for i in range(n):
+        for j in range(k):
+            a = A[i, j]
+            g = dA[i, j] if a > 0 else dA[i, j] * (a + alpha)
+            dZ[i, j] = g
+            db[j] += g
+
+
+# ---- sigmoid: A = 1 / (1 + exp(-Z)) --------------------------------------------
+@njit(**JIT)
+def _sigmoid(z):
+    # stable for both signs: never exponentiates a large positive number
+    if z >= 0:
+        return 1.0 / (1.0 + np.exp(-z))
+    e = np.exp(z)
+    return e / (1.0 + e)
+
+
+@njit(**JIT)
+def sigmoid_forward(A, Z, b):
+    n, k = Z.shape
+    for i in range(n):
+        for j in range(k):
+            A[i, j] = _sigmoid(Z[i, j] + b[j])
+
+
+@njit(**JIT)
+def sigmoid_backward(dZ, db, dA, A):
+    # f'(z) = A (1 - A)
+    n, k = dA.shape
+    _colsum_init(db)
+    for i in range(n):
+        for j in range(k):
+            a = A[i, j]
+            g = dA[i, j] * a * (1.0 - a)
+            dZ[i, j] = g
+            db[j] += g
+
+
+# ---- tanh ------------------------------------------------------------------------
+@njit(**JIT)
+def tanh_forward(A, Z, b):
+    n, k = Z.shape
+    for i in range(n):
+        for j in range(k):
+            A[i, j] = np.tanh(Z[i, j] + b[j])
+
+
+@njit(**JIT)
+def tanh_backward(dZ, db, dA, A):
+    # f'(z) = 1 - A^2
+    n, k = dA.shape
+    _colsum_init(db)
+    for i in range(n):
+        for j in range(k):
+            a = A[i, j]
+            g = dA[i, j] * (1.0 - a * a)
+            dZ[i, j] = g
+            db[j] += g
+
+
+# ---- softplus: A = log(1 + exp(Z)) ---------------------------------------------
+@njit(**JIT)
+def softplus_forward(A, Z, b):
+    n, k = Z.shape
+    for i in range(n):
+        for j in range(k):
+            z = Z[i, j] + b[j]
+            # max(z, 0) + log1p(exp(-|z|)) never overflows
+            A[i, j] = max(z, 0.0) + np.log1p(np.exp(-abs(z)))
+
+
+@njit(**JIT)
+def softplus_backward(dZ, db, dA, A):
+    # f'(z) = sigmoid(z) = 1 - exp(-A) = -expm1(-A)   (expm1 keeps precision as A -> 0)
+    n, k = dA.shape
+    _colsum_init(db)
+    for i in range(n):
+        for j in range(k):
+            g = dA[i, j] * -np.expm1(-A[i, j])
+            dZ[i, j] = g
+            db[j] += g
+
+
+# ---- gelu, tanh approximation: A = Z/2 (1 + tanh(c (Z + k Z^3))) ---------------
+@njit(**JIT)
+def gelu_forward(A, Z, b):
+    # Z keeps the pre-activation (backward needs it), so A must be a separate buffer
+    n, k = Z.shape
+    for i in range(n):
+        for j in range(k):
+            z = Z[i, j] + b[j]
+            Z[i, j] = z
+            A[i, j] = 0.5 * z * (1.0 + np.tanh(_GELU_C * (z + _GELU_K * z * z * z)))
+
+
+@njit(**JIT)
+def gelu_backward(dZ, db, dA, Z):
+    # f'(z) = (1 + t)/2 + z/2 (1 - t^2) c (1 + 3 k z^2),  t = tanh(c (z + k z^3))
+    n, k = dA.shape
+    _colsum_init(db)
+    for i in range(n):
+        for j in range(k):
+            z = Z[i, j]
+            t = np.tanh(_GELU_C * (z + _GELU_K * z * z * z))
+            d = 0.5 * (1.0 + t) + 0.5 * z * (1.0 - t * t) * _GELU_C * (1.0 + 3.0 * _GELU_K * z * z)
+            g = dA[i, j] * d
+            dZ[i, j] = g
+            db[j] += g
+
+
+# ---- dispatch by code (codes are plain ints so one compiled driver serves all) ---
+@njit(**JIT)
+def activation_forward(code, A, Z, b, alpha):
+    if code == RELU:
+        relu_forward(A, Z, b)
+    elif code == TANH:
+        tanh_forward(A, Z, b)
+    elif code == SIGMOID:
+        sigmoid_forward(A, Z, b)
+    elif code == LEAKY_RELU:
+        leaky_relu_forward(A, Z, b, alpha)
+    elif code == ELU:
+        elu_forward(A, Z, b, alpha)
+    elif code == SOFTPLUS:
+        softplus_forward(A, Z, b)
+    elif code == GELU:
+        gelu_forward(A, Z, b)
+    else:
+        identity_forward(A, Z, b)
+
+
+@njit(**JIT)
+def activation_backward(code, dZ, db, dA, A, Z, alpha):
+    if code == RELU:
+        relu_backward(dZ, db, dA, A)
+    elif code == TANH:
+        tanh_backward(dZ, db, dA, A)
+    elif code == SIGMOID:
+        sigmoid_backward(dZ, db, dA, A)
+    elif code == LEAKY_RELU:
+        leaky_relu_backward(dZ, db, dA, A, alpha)
+    elif code == ELU:
+        elu_backward(dZ, db, dA, A, alpha)
+    elif code == SOFTPLUS:
+        softplus_backward(dZ, db, dA, A)
+    elif code == GELU:
+        gelu_backward(dZ, db, dA, Z)
+    else:
+        identity_backward(dZ, db, dA)

@@ -1,0 +1,211 @@
+"""Optimizers: small objects that own their state buffers and call one fused kernel.
+
+Names, defaults and update rules are torch.optim's (see ``kernels/optim.py`` for
+the equations). State buffers mirror the network's flat parameter buffer, so a
+step is one pass over memory. An optimizer binds to the first network it
+updates; use a new one for another network.
+"""
+
+import math
+import weakref
+
+import numpy as np
+
+from .errors import InputError
+from .kernels import optim as K
+
+
+def _check_float(name, v, lo=0.0, hi=math.inf, lo_open=False, hi_open=False):
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise InputError(f"{name} must be a number, got {v!r}") from None
+    bad_lo = f <= lo if lo_open else f < lo
+    bad_hi = f >= hi if hi_open else f > hi
+    if not math.isfinite(f) or bad_lo or bad_hi:
+        rng = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+        raise InputError(f"{name} must be a finite number in {rng}, got {v!r}")
+    return f
+
+
+class Optimizer:
+    kind = -1
+    _n_hp = 0
+    _fields = ()
+
+    def __init__(self):
+        self._hp = np.zeros(self._n_hp, np.float64)
+        self._step = np.zeros(1, np.int64)
+        self._state = None
+        self._owner = None
+
+    # --- configuration ---------------------------------------------------------------
+    def get_config(self):
+        return {"name": type(self).__name__, **{f: getattr(self, f) for f in self._fields}}
+
+    def __repr__(self):
+        args = ", ".join(f"{f}={getattr(self, f)!r}" for f in self._fields)
+        return f"{type(self).__name__}({args})"
+
+    @property
+    def step_count(self):
+        """Number of updates applied so far."""
+        return int(self._step[0])
+
+    def _hparams(self):
+        """Current hyper-parameters written into the persistent float64 array (no allocation)."""
+        raise NotImplementedError
+
+    def _state_sizes(self, n):
+        raise NotImplementedError
+
+    # --- state -------------------------------------------------------------------------
+    def _bind(self, net):
+        """Allocate state mirroring ``net.params`` (zeros), once; return (s1, s2, s3)."""
+        owner = self._owner() if self._owner is not None else None
+        if owner is not None and owner is not net:
+            raise InputError(f"this {type(self).__name__} already holds the state of another network; "
+                             "create a new optimizer for each network")
+        n = net.params.shape[0]
+        sizes = self._state_sizes(n)
+        if (self._state is None or self._state[0].dtype != net.dtype
+                or tuple(a.shape[0] for a in self._state) != sizes):
+            self._state = tuple(np.zeros(s, net.dtype) for s in sizes)
+            self._step[0] = 0
+        self._owner = weakref.ref(net)
+        return self._state
+
+    def state_arrays(self):
+        """The state buffers (s1, s2, s3), or None before the first step."""
+        return self._state
+
+    def _load_state(self, step, arrays):
+        self._step[0] = step
+        self._state = tuple(np.ascontiguousarray(a) for a in arrays)
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with optional (Nesterov) momentum, as ``torch.optim.SGD``.
+
+    d = g + wd p;  buf = d on the first step, else mu buf + (1 - dampening) d;
+    d = d + mu buf if nesterov else buf;  p = p - lr d.
+    """
+    kind = K.SGD
+    _n_hp = 5
+    _fields = ("lr", "momentum", "dampening", "weight_decay", "nesterov")
+
+    def __init__(self, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False):
+        self.lr = _check_float("lr", lr)
+        self.momentum = _check_float("momentum", momentum)
+        self.dampening = _check_float("dampening", dampening, 0.0, 1.0)
+        self.weight_decay = _check_float("weight_decay", weight_decay)
+        self.nesterov = bool(nesterov)
+        if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
+            raise InputError("Nesterov momentum requires momentum > 0 and dampening = 0")
+        super().__init__()
+
+    def _hparams(self):
+        hp = self._hp
+        hp[0], hp[1], hp[2], hp[3], hp[4] = self.lr, self.momentum, self.dampening, self.weight_decay, self.nesterov
+        return hp
+
+    def _state_sizes(self, n):
+        return (n if self.momentum != 0 else 0, 0, 0)
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba, 2015) as ``torch.optim.Adam``: L2 ``weight_decay`` added to the gradient.
+
+    m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;
+    p = p - lr/(1 - b1^t) * m / (sqrt(v)/sqrt(1 - b2^t) + eps)   (v -> running max of v if amsgrad)
+    """
+    kind = K.ADAM
+    _n_hp = 7
+    _fields = ("lr", "betas", "eps", "weight_decay", "amsgrad")
+    _decoupled = False
+
+    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False):
+        self.lr = _check_float("lr", lr)
+        try:
+            b1, b2 = betas
+        except (TypeError, ValueError):
+            raise InputError(f"betas must be a pair (beta1, beta2), got {betas!r}") from None
+        self.betas = (_check_float("betas[0]", b1, 0.0, 1.0, hi_open=True),
+                      _check_float("betas[1]", b2, 0.0, 1.0, hi_open=True))
+        self.eps = _check_float("eps", eps)
+        self.weight_decay = _check_float("weight_decay", weight_decay)
+        self.amsgrad = bool(amsgrad)
+        super().__init__()
+
+    def _hparams(self):
+        hp = self._hp
+        hp[0], hp[1], hp[2], hp[3] = self.lr, self.betas[0], self.betas[1], self.eps
+        hp[4], hp[5], hp[6] = self.weight_decay, self._decoupled, self.amsgrad
+        return hp
+
+    def _state_sizes(self, n):
+        return (n, n, n if self.amsgrad else 0)
+
+
+class AdamW(Adam):
+    """AdamW (Loshchilov & Hutter, 2019) as ``torch.optim.AdamW``: decoupled decay
+    p = p (1 - lr wd) before the Adam step; default weight_decay 1e-2."""
+    _decoupled = True
+
+    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False):
+        super().__init__(lr, betas, eps, weight_decay, amsgrad)
+
+
+class RMSprop(Optimizer):
+    """RMSprop as ``torch.optim.RMSprop`` (defaults lr=1e-2, alpha=0.99, eps=1e-8).
+
+    g = g + wd p;  s = a s + (1-a) g^2;  avg = sqrt(s - gbar^2) if centered else sqrt(s), + eps;
+    buf = mu buf + g/avg, p = p - lr buf  (momentum > 0)  or  p = p - lr g/avg.
+    """
+    kind = K.RMSPROP
+    _n_hp = 6
+    _fields = ("lr", "alpha", "eps", "weight_decay", "momentum", "centered")
+
+    def __init__(self, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False):
+        self.lr = _check_float("lr", lr)
+        self.alpha = _check_float("alpha", alpha, 0.0, 1.0)
+        self.eps = _check_float("eps", eps)
+        self.weight_decay = _check_float("weight_decay", weight_decay)
+        self.momentum = _check_float("momentum", momentum)
+        self.centered = bool(centered)
+        super().__init__()
+
+    def _hparams(self):
+        hp = self._hp
+        hp[0], hp[1], hp[2], hp[3], hp[4], hp[5] = (self.lr, self.alpha, self.eps, self.weight_decay,
+                                                    self.momentum, self.centered)
+        return hp
+
+    def _state_sizes(self, n):
+        return (n, n if self.centered else 0, n if self.momentum > 0 else 0)
+
+
+OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW, "rmsprop": RMSprop}
+
+
+def get_optimizer(opt):
+    """An Optimizer instance from an instance, a class or a name ('adam', 'sgd', ...)."""
+    if isinstance(opt, Optimizer):
+        return opt
+    if isinstance(opt, type) and issubclass(opt, Optimizer):
+        return opt()
+    if isinstance(opt, str) and opt.lower() in OPTIMIZERS:
+        return OPTIMIZERS[opt.lower()]()
+    raise InputError(f"unknown optimizer {opt!r}; give an instance (fastbp.Adam(lr=...)) or one of "
+                     f"{sorted(OPTIMIZERS)}")
+
+
+def from_config(cfg):
+    cfg = dict(cfg)
+    name = cfg.pop("name", None)
+    classes = {c.__name__: c for c in (SGD, Adam, AdamW, RMSprop)}
+    if name not in classes:
+        raise InputError(f"unknown optimizer {name!r} in saved configuration")
+    if "betas" in cfg:
+        cfg["betas"] = tuple(cfg["betas"])
+    return classes[name](**cfg)
