@@ -66,13 +66,14 @@ class Optimizer:
         if owner is not None and owner is not net:
             raise InputError(f"this {type(self).__name__} already holds the state of another network; "
                              "create a new optimizer for each network")
-        n = net.params.shape[0]
-        sizes = self._state_sizes(n)
-        if (self._state is None or self._state[0].dtype != net.dtype
-                or tuple(a.shape[0] for a in self._state) != sizes):
+        sizes = self._state_sizes(net.params.shape[0])
+        state = self._state
+        if (state is None or state[0].dtype != net.dtype or state[0].shape[0] != sizes[0]
+                or state[1].shape[0] != sizes[1] or state[2].shape[0] != sizes[2]):
             self._state = tuple(np.zeros(s, net.dtype) for s in sizes)
             self._step[0] = 0
-        self._owner = weakref.ref(net)
+        if owner is None:
+            self._owner = weakref.ref(net)
         return self._state
 
     def state_arrays(self):
