@@ -1,4 +1,4 @@
-"""The one set of Numba options every kernel is compiled with.
+"""The one set of Numba options every kernel is compiled with, and the cache's key.
 
 - ``cache=True``: compiled machine code is written next to the sources, so a
   second process loads it instead of recompiling.
@@ -6,6 +6,63 @@
   of raising, so no zero check is emitted in the inner loops.
 - ``fastmath`` stays off: reductions keep IEEE order and NaN/inf semantics, which
   the non-finite loss detection relies on.
+
+Numba decides whether a cached function is fresh from its *own* source file
+only, so a driver in ``kernels/network.py`` would keep the stale machine code of
+a kernel from ``kernels/activations.py`` that it inlined after that file
+changed. fastbp's functions therefore use a cache locator whose freshness stamp
+is a hash of every file that holds compiled code (``kernels/*.py``, ``_blas.py``,
+this file): any change there recompiles all of them.
 """
 
+import hashlib
+import os
+
 JIT = dict(nogil=True, cache=True, error_model="numpy", fastmath=False, boundscheck=False)
+
+_PKG_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def _package_stamp():
+    kernels = os.path.join(_PKG_DIR, "kernels")
+    paths = [os.path.join(_PKG_DIR, "_config.py"), os.path.join(_PKG_DIR, "_blas.py")]
+    paths += sorted(os.path.join(kernels, f) for f in os.listdir(kernels) if f.endswith(".py"))
+    h = hashlib.sha256()
+    for path in paths:
+        h.update(os.path.relpath(path, _PKG_DIR).encode())
+        with open(path, "rb") as f:
+            h.update(f.read())
+    return h.hexdigest()
+
+
+def _install_cache_locators():
+    try:
+        from numba.core import caching
+    except ImportError:  # pragma: no cover
+        return
+    impl = getattr(caching, "CacheImpl", None) or getattr(caching, "_CacheImpl", None)
+    bases = [getattr(caching, n, None) or getattr(caching, "_" + n, None)
+             for n in ("UserProvidedCacheLocator", "InTreeCacheLocator", "UserWideCacheLocator")]
+    if impl is None or None in bases or not isinstance(getattr(impl, "_locator_classes", None), list):
+        return  # unknown numba internals: keep numba's own per-file stamps
+    stamp = _package_stamp()
+
+    def make(base):
+        class Locator(base):
+            @classmethod
+            def from_function(cls, py_func, py_file):
+                if not os.path.abspath(py_file).startswith(_PKG_DIR + os.sep):
+                    return None
+                return super().from_function(py_func, py_file)
+
+            def get_source_stamp(self):
+                return stamp
+        Locator.__name__ = "Fastbp" + base.__name__.lstrip("_")
+        return Locator
+
+    ours = [make(b) for b in bases]
+    if not any(getattr(c, "__name__", "").startswith("Fastbp") for c in impl._locator_classes):
+        impl._locator_classes[:0] = ours
+
+
+_install_cache_locators()
