@@ -13,6 +13,7 @@ import numpy as np
 from numba import njit
 
 from .._config import JIT
+from .mathfn import gelu, gelu_grad, tanh
 
 IDENTITY, RELU, LEAKY_RELU, ELU, SIGMOID, TANH, SOFTPLUS, GELU = range(8)
 ACTIVATIONS = {
@@ -24,8 +25,6 @@ DEFAULT_ALPHA = {LEAKY_RELU: 0.01, ELU: 1.0}
 NEEDS_Z = (GELU,)          # backward reads the pre-activation
 RELU_LIKE = (RELU, LEAKY_RELU, ELU, GELU, SOFTPLUS)  # He initialisation
 
-_GELU_C = 0.7978845608028654  # sqrt(2/pi)
-_GELU_K = 0.044715
 
 
 @njit(**JIT)
@@ -159,7 +158,7 @@ def tanh_forward(A, Z, b):
     n, k = Z.shape
     for i in range(n):
         for j in range(k):
-            A[i, j] = np.tanh(Z[i, j] + b[j])
+            A[i, j] = tanh(Z[i, j] + b[j])
 
 
 @njit(**JIT)
@@ -207,7 +206,7 @@ def gelu_forward(A, Z, b):
         for j in range(k):
             z = Z[i, j] + b[j]
             Z[i, j] = z
-            A[i, j] = 0.5 * z * (1.0 + np.tanh(_GELU_C * (z + _GELU_K * z * z * z)))
+            A[i, j] = gelu(z)
 
 
 @njit(**JIT)
@@ -217,10 +216,7 @@ def gelu_backward(dZ, db, dA, Z):
     _colsum_init(db)
     for i in range(n):
         for j in range(k):
-            z = Z[i, j]
-            t = np.tanh(_GELU_C * (z + _GELU_K * z * z * z))
-            d = 0.5 * (1.0 + t) + 0.5 * z * (1.0 - t * t) * _GELU_C * (1.0 + 3.0 * _GELU_K * z * z)
-            g = dA[i, j] * d
+            g = dA[i, j] * gelu_grad(Z[i, j])
             dZ[i, j] = g
             db[j] += g
 

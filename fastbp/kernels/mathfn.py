@@ -1,0 +1,104 @@
+"""Elementary functions the kernels call, vectorisable where that is safe.
+
+Inside ``@njit`` code, ``np.tanh`` becomes a scalar libm call per element (no
+SVML here), which blocks SIMD and dominated the tanh workloads. ``tanh`` below
+dispatches on the argument's type: float32 gets a rational approximation in
+float32 arithmetic that LLVM vectorises; float64 keeps libm (float64 is the
+precision of the gradient checks, so it stays exact to libm's accuracy).
+``tests/test_mathfn.py`` checks the float32 path against NumPy over the whole
+float32 range, including ±inf and NaN.
+"""
+
+import numpy as np
+from numba import njit, types
+from numba.extending import overload
+
+from .._config import JIT
+
+# Rational minimax approximation of tanh on [-c, c] (the coefficients of Eigen's
+# float32 tanh, generic_fast_tanh_float): tanh(x) ~ x P(x^2) / Q(x^2).
+# Beyond c = 7.9053111 tanh rounds to +-1 in float32.
+_f = np.float32
+_CLAMP = _f(7.90531110763549805)
+_TINY = _f(0.0004)
+_A1, _A3, _A5 = _f(4.89352455891786e-03), _f(6.37261928875436e-04), _f(1.48572235717979e-05)
+_A7, _A9 = _f(5.12229709037114e-08), _f(-8.60467152213735e-11)
+_A11, _A13 = _f(2.00018790482477e-13), _f(-2.76076847742355e-16)
+_B0, _B2 = _f(4.89352518554385e-03), _f(2.26843463243900e-03)
+_B4, _B6 = _f(1.18534705686654e-04), _f(1.19825839466702e-06)
+
+
+@njit(**JIT)
+def tanh_f32(x):
+    # x float32 -> float32; NaN propagates (it fails both comparisons), +-inf clamp to +-1
+    c = x
+    if c > _CLAMP:
+        c = _CLAMP
+    if c < -_CLAMP:
+        c = -_CLAMP
+    x2 = c * c
+    p = x2 * _A13 + _A11
+    p = x2 * p + _A9
+    p = x2 * p + _A7
+    p = x2 * p + _A5
+    p = x2 * p + _A3
+    p = x2 * p + _A1
+    p = c * p
+    q = x2 * _B6 + _B4
+    q = x2 * q + _B2
+    q = x2 * q + _B0
+    r = p / q
+    return c if abs(c) < _TINY else r
+
+
+def tanh(x):
+    """tanh for scalars inside kernels (float32: vectorisable approximation; else libm)."""
+    return np.tanh(x)
+
+
+@overload(tanh, inline="always")
+def _tanh_impl(x):
+    if x == types.float32:
+        return lambda x: tanh_f32(x)
+    return lambda x: np.tanh(x)
+
+
+# gelu, tanh approximation, with constants in the argument's precision so float32
+# stays float32 (a Python float constant would promote the arithmetic to float64).
+_GELU_C = 0.7978845608028654  # sqrt(2/pi)
+_GELU_K = 0.044715
+
+
+def gelu(z):
+    """z/2 (1 + tanh(c (z + k z^3)))."""
+    return 0.5 * z * (1.0 + np.tanh(_GELU_C * (z + _GELU_K * z ** 3)))
+
+
+def gelu_grad(z):
+    """d gelu / dz = (1 + t)/2 + z/2 (1 - t^2) c (1 + 3 k z^2),  t = tanh(c (z + k z^3))."""
+    t = np.tanh(_GELU_C * (z + _GELU_K * z ** 3))
+    return 0.5 * (1.0 + t) + 0.5 * z * (1.0 - t * t) * _GELU_C * (1.0 + 3.0 * _GELU_K * z * z)
+
+
+def _consts(z):
+    ft = np.float32 if z == types.float32 else np.float64
+    return ft(_GELU_C), ft(_GELU_K), ft(3.0 * _GELU_K), ft(0.5), ft(1.0)
+
+
+@overload(gelu, inline="always")
+def _gelu_impl(z):
+    c, k, _, half, one = _consts(z)
+
+    def impl(z):
+        return half * z * (one + tanh(c * (z + k * z * z * z)))
+    return impl
+
+
+@overload(gelu_grad, inline="always")
+def _gelu_grad_impl(z):
+    c, k, k3, half, one = _consts(z)
+
+    def impl(z):
+        t = tanh(c * (z + k * z * z * z))
+        return half * (one + t) + half * z * (one - t * t) * c * (one + k3 * z * z)
+    return impl
