@@ -50,12 +50,13 @@ def check_X(X, dtype, n_features, name="X"):
     return X
 
 
-def check_targets(y, loss_code, n_out, n, dtype, name="y"):
+def check_targets(y, loss_code, n_out, n, dtype, name="y", x_name="X"):
     """y -> (T, labels, use_labels) for the kernels; T (n, n_out) dtype or labels (n,) int64."""
     y = _as_array(y, name)
     check_numeric(y, name)
     if y.shape[:1] != (n,):
-        raise InputError(f"{name} has {y.shape[0] if y.ndim else 0} rows but X has {n}: their lengths must match")
+        raise InputError(f"{name} has {y.shape[0] if y.ndim else 0} rows but {x_name} has {n}: "
+                         f"their lengths must match")
     if y.ndim == 2 and y.shape[1] == 1 and (loss_code == SOFTMAX_CE and n_out > 1):
         y = y[:, 0]
     if y.ndim > 2:
@@ -97,7 +98,11 @@ def check_positive_int(v, name):
 
 
 def check_choice(v, name, choices):
-    if v not in choices:
+    try:
+        known = v in choices
+    except TypeError:  # unhashable
+        known = False
+    if not known:
         raise InputError(f"unknown {name} {v!r}; choose one of {sorted(choices)}")
     return v
 

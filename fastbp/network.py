@@ -42,6 +42,16 @@ class History:
         return f"History(epochs={len(self.epoch)}, keys={list(self.history)})"
 
 
+def _as_list(v):
+    """list(v) for a non-string iterable, else None."""
+    if isinstance(v, (str, bytes)):
+        return None
+    try:
+        return list(v)
+    except TypeError:
+        return None
+
+
 def _dtype(dtype):
     try:
         dt = np.dtype(dtype)
@@ -76,20 +86,23 @@ class Network:
 
     def __init__(self, layer_sizes, activation="relu", output="softmax", loss=None,
                  dtype=np.float32, seed=0, dropout=0.0, init="auto"):
-        sizes = list(layer_sizes) if not isinstance(layer_sizes, (str, bytes)) else None
+        sizes = _as_list(layer_sizes)
         if (not sizes or len(sizes) < 2 or
                 any(isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1 for s in sizes)):
             raise InputError(f"layer_sizes must list at least two positive integers "
                              f"(inputs, ..., outputs), got {layer_sizes!r}")
         self.layer_sizes = [int(s) for s in sizes]
         n_hidden = len(sizes) - 2
-        acts = [activation] * n_hidden if isinstance(activation, str) else list(activation)
+        acts = [activation] * n_hidden if isinstance(activation, str) else _as_list(activation)
+        if acts is None:
+            raise InputError(f"activation must be a name or a list of names, got {activation!r}")
         if len(acts) != n_hidden:
             raise InputError(f"activation lists {len(acts)} names but the network has {n_hidden} hidden layers")
-        self.activations = [check_choice(ALIASES.get(a, a), "activation", ACTIVATIONS) for a in acts]
+        self.activations = [check_choice(ALIASES.get(a, a) if isinstance(a, str) else a, "activation", ACTIVATIONS)
+                            for a in acts]
         self.output = check_choice(output, "output", DEFAULT_LOSS)
         self.loss = loss if loss is not None else DEFAULT_LOSS[output]
-        if (self.output, self.loss) not in PAIRS:
+        if not isinstance(self.loss, str) or (self.output, self.loss) not in PAIRS:
             valid = ", ".join(f"{o}+{l}" for o, l in PAIRS)
             raise InputError(f"loss {self.loss!r} does not pair with output {self.output!r}; valid pairs: {valid}")
         self._loss_code = PAIRS[(self.output, self.loss)]
@@ -97,8 +110,9 @@ class Network:
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
             raise InputError(f"seed must be a non-negative integer, got {seed!r}")
         self.seed = int(seed)
-        drops = [dropout] * n_hidden if isinstance(dropout, numbers.Real) else list(dropout)
-        if len(drops) != n_hidden or not all(isinstance(p, numbers.Real) and 0.0 <= p < 1.0 for p in drops):
+        drops = [dropout] * n_hidden if isinstance(dropout, numbers.Real) else _as_list(dropout)
+        if (drops is None or len(drops) != n_hidden
+                or not all(isinstance(p, numbers.Real) and 0.0 <= p < 1.0 for p in drops)):
             raise InputError(f"dropout must be a probability in [0, 1) or one per hidden layer "
                              f"({n_hidden}), got {dropout!r}")
         self.dropout = [float(p) for p in drops]
@@ -173,9 +187,10 @@ class Network:
                 f"loss={self.loss!r}, dtype={self.dtype.name})")
 
     # ---- validation helpers -----------------------------------------------------------------
-    def _check_xy(self, X, y):
-        X = check_X(X, self.dtype, self.n_inputs)
-        T, labels, use_labels = check_targets(y, self._loss_code, self.n_outputs, X.shape[0], self.dtype)
+    def _check_xy(self, X, y, names=("X", "y")):
+        X = check_X(X, self.dtype, self.n_inputs, name=names[0])
+        T, labels, use_labels = check_targets(y, self._loss_code, self.n_outputs, X.shape[0], self.dtype,
+                                              name=names[1], x_name=names[0])
         return X, (T if T is not None else self._no_T), (labels if labels is not None else self._no_labels), use_labels
 
     def _kernel_optimizer(self, optimizer):
@@ -233,7 +248,7 @@ class Network:
                 Xv, yv = validation_data
             except (TypeError, ValueError):
                 raise InputError("validation_data must be a pair (X_val, y_val)") from None
-            val = self._check_xy(Xv, yv)
+            val = self._check_xy(Xv, yv, names=("validation X", "validation y"))
         N, d = X.shape
         batch_size = min(batch_size, N)
         opt, s1, s2, s3 = self._kernel_optimizer(optimizer)
@@ -378,13 +393,15 @@ class Network:
         path = os.fspath(path)
         if not os.path.isfile(path):
             raise ModelNotFoundError(f"no model file at {path!r}")
+        with open(path, "rb") as f:
+            magic = f.read(6)
+        if magic == b"\x93NUMPY":
+            raise ModelFileError(f"{path!r} is a single .npy array, not a fastbp model (.npz)")
+        if magic[:4] != b"PK\x03\x04":
+            raise ModelFileError(f"{path!r} is truncated or not a fastbp model (not an .npz archive)")
         try:
             with np.load(path, allow_pickle=False) as f:
-                if not hasattr(f, "files"):
-                    raise ModelFileError(f"{path!r} is a single .npy array, not a fastbp model (.npz)")
                 data = {k: f[k] for k in f.files}
-        except ModelFileError:
-            raise
         except ValueError as e:
             if "pickle" in str(e):
                 raise ModelFileError(f"{path!r} contains pickled objects; fastbp models never do, "
@@ -392,11 +409,19 @@ class Network:
             raise ModelFileError(f"{path!r} is not a readable fastbp model: {e}") from None
         except Exception as e:  # zipfile.BadZipFile, EOFError, OSError, ... from a truncated file
             raise ModelFileError(f"{path!r} is truncated or not a fastbp model ({type(e).__name__}: {e})") from None
-        if data.get("format", np.array("")).item() != FORMAT:
+
+        def scalar(key, kind):
+            a = data.get(key)
+            if a is None or a.shape != () or a.dtype.kind not in kind:
+                return None
+            return a.item()
+
+        if scalar("format", "U") != FORMAT:
             raise ModelFileError(f"{path!r} is not a fastbp model (no '{FORMAT}' marker)")
-        version = int(data["format_version"]) if "format_version" in data else -1
+        version = scalar("format_version", "iu")
         if version != FORMAT_VERSION:
-            raise ModelFileError(f"{path!r} has format version {version}; this fastbp reads {FORMAT_VERSION}")
+            raise ModelFileError(f"{path!r} has format version {-1 if version is None else version}; "
+                                 f"this fastbp reads {FORMAT_VERSION}")
         try:
             cfg = json.loads(data["config"].item())
             net = cls(cfg["layer_sizes"], activation=cfg["activation"] or "relu", output=cfg["output"],
@@ -413,13 +438,21 @@ class Network:
             net._shuffle_rng.bit_generator.state = json.loads(data["shuffle_state"].item())
             if "optimizer_config" in data:
                 opt = from_config(json.loads(data["optimizer_config"].item()))
-                states = [data[f"optimizer_state_{i}"] for i in range(3) if f"optimizer_state_{i}" in data]
-                opt._load_state(int(data["optimizer_step"][0]), states)
+                sizes = opt._state_sizes(net.params.shape[0])
+                states = [data[f"optimizer_state_{i}"] for i in range(3)]
+                for i, (a, size) in enumerate(zip(states, sizes)):
+                    if a.shape != (size,) or a.dtype != net.dtype:
+                        raise ModelFileError(f"{path!r}: optimizer state {i} has shape {a.shape} {a.dtype}, "
+                                             f"expected ({size},) {net.dtype}")
+                step = data["optimizer_step"]
+                if step.shape != (1,) or step.dtype.kind not in "iu" or step[0] < 0:
+                    raise ModelFileError(f"{path!r}: optimizer step count must be one non-negative integer")
+                opt._load_state(int(step[0]), states)
                 opt._bind(net)
                 net.optimizer = opt
         except ModelFileError:
             raise
-        except (KeyError, TypeError, ValueError, json.JSONDecodeError) as e:
+        except (KeyError, IndexError, TypeError, ValueError, json.JSONDecodeError) as e:
             raise ModelFileError(f"{path!r} is damaged or not a fastbp model ({type(e).__name__}: {e})") from None
         return net
 
