@@ -1,0 +1,284 @@
+"""Slow, plain NumPy twins of the fastbp kernels, for the tests.
+
+Every twin computes in float64 and returns new arrays instead of writing into
+buffers. They are written from the equations (the optimizers from the algorithms
+that torch.optim documents), not from the kernel code, so a test compares two
+independent implementations. Stable formulas are used where the naive one would
+overflow, so the twins stay usable for the large-|z| edge cases.
+"""
+
+import numpy as np
+
+
+def f64(x):
+    return np.asarray(x, dtype=np.float64)
+
+
+# ---- GEMM and the dense layer ---------------------------------------------------------
+def gemm(trans_a, trans_b, alpha, A, B, beta, C):
+    """alpha op(A) @ op(B) + beta C; beta = 0 ignores C entirely (NaN included), as BLAS does."""
+    opA = f64(A).T if trans_a else f64(A)
+    opB = f64(B).T if trans_b else f64(B)
+    out = alpha * (opA @ opB)
+    if beta != 0.0:
+        out = out + beta * f64(C)
+    return out
+
+
+def dense_forward(X, W, b):
+    # Z = X W + b
+    return f64(X) @ f64(W) + f64(b)
+
+
+def dense_backward(dZ, X, W):
+    """(dX, dW, db) of Z = X W + b for upstream gradient dZ."""
+    dZ, X, W = f64(dZ), f64(X), f64(W)
+    return dZ @ W.T, X.T @ dZ, dZ.sum(axis=0)
+
+
+# ---- activations: f(z) and f'(z), both from the pre-activation z ------------------------
+GELU_C = np.sqrt(2.0 / np.pi)
+GELU_K = 0.044715
+
+
+def sigmoid(z):
+    z = f64(z)
+    e = np.exp(-np.abs(z))                      # never overflows
+    return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+def _f(name, z, alpha):
+    if name == "identity":
+        return z
+    if name == "relu":
+        return np.maximum(z, 0.0)
+    if name == "leaky_relu":
+        return np.where(z > 0, z, alpha * z)
+    if name == "elu":
+        return np.where(z > 0, z, alpha * np.expm1(np.minimum(z, 0.0)))
+    if name == "sigmoid":
+        return sigmoid(z)
+    if name == "tanh":
+        return np.tanh(z)
+    if name == "softplus":
+        return np.logaddexp(0.0, z)             # log(1 + e^z)
+    if name == "gelu":
+        return 0.5 * z * (1.0 + np.tanh(GELU_C * (z + GELU_K * z ** 3)))
+    raise ValueError(name)
+
+
+def _fprime(name, z, alpha):
+    if name == "identity":
+        return np.ones_like(z)
+    if name == "relu":
+        return (z > 0).astype(np.float64)
+    if name == "leaky_relu":
+        return np.where(z > 0, 1.0, alpha)
+    if name == "elu":
+        return np.where(z > 0, 1.0, alpha * np.exp(np.minimum(z, 0.0)))
+    if name == "sigmoid":
+        s = sigmoid(z)
+        return s * (1.0 - s)
+    if name == "tanh":
+        return 1.0 - np.tanh(z) ** 2
+    if name == "softplus":
+        return sigmoid(z)
+    if name == "gelu":
+        u = GELU_C * (z + GELU_K * z ** 3)
+        t = np.tanh(u)
+        return 0.5 * (1.0 + t) + 0.5 * z * (1.0 - t * t) * GELU_C * (1.0 + 3.0 * GELU_K * z * z)
+    raise ValueError(name)
+
+
+def activation_forward(name, Z, b, alpha):
+    """A = f(Z + b)."""
+    return _f(name, f64(Z) + f64(b), alpha)
+
+
+def activation_backward(name, dA, Zb, alpha):
+    """(dZ, db) for A = f(Zb), Zb the pre-activation (bias included): dZ = dA f'(Zb), db = sum_rows dZ."""
+    dZ = f64(dA) * _fprime(name, f64(Zb), alpha)
+    return dZ, dZ.sum(axis=0)
+
+
+# ---- output layer + loss (PyTorch mean conventions) --------------------------------------
+def softmax(Z):
+    Z = f64(Z)
+    e = np.exp(Z - Z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def log_softmax(Z):
+    Z = f64(Z)
+    m = Z.max(axis=1, keepdims=True)
+    return Z - m - np.log(np.exp(Z - m).sum(axis=1, keepdims=True))
+
+
+def one_hot(labels, k):
+    T = np.zeros((len(labels), k))
+    T[np.arange(len(labels)), labels] = 1.0
+    return T
+
+
+def output_forward(output, Z, b):
+    """P = softmax / sigmoid / identity of Z + b."""
+    Zb = f64(Z) + f64(b)
+    if output == "softmax":
+        return softmax(Zb)
+    if output == "sigmoid":
+        return sigmoid(Zb)
+    return Zb
+
+
+def loss_value(loss, Zb, T):
+    """Mean loss of logits Zb against dense targets T (one-hot rows for class labels).
+
+    cross_entropy: -1/n sum T log softmax(Zb)      (CrossEntropyLoss, mean over the batch)
+    binary_cross_entropy: mean of softplus(z) - z t (BCEWithLogitsLoss, mean over n*k)
+    mse: mean of (z - t)^2;  huber: mean of d^2/2 if |d| < 1 else |d| - 1/2
+    """
+    Zb, T = f64(Zb), f64(T)
+    n = Zb.shape[0]
+    if loss == "cross_entropy":
+        return -np.where(T != 0, T * log_softmax(Zb), 0.0).sum() / n
+    if loss == "binary_cross_entropy":
+        return np.mean(np.logaddexp(0.0, Zb) - Zb * T)
+    d = Zb - T
+    if loss == "mse":
+        return np.mean(d * d)
+    if loss == "huber":
+        a = np.abs(d)
+        return np.mean(np.where(a < 1.0, 0.5 * d * d, a - 0.5))
+    raise ValueError(loss)
+
+
+def loss_gradient(loss, Zb, T):
+    """(dZ, db): gradient of loss_value w.r.t. the logits Zb, and its column sums."""
+    Zb, T = f64(Zb), f64(T)
+    n, k = Zb.shape
+    if loss == "cross_entropy":
+        dZ = (softmax(Zb) - T) / n
+    elif loss == "binary_cross_entropy":
+        dZ = (sigmoid(Zb) - T) / (n * k)
+    elif loss == "mse":
+        dZ = 2.0 * (Zb - T) / (n * k)
+    elif loss == "huber":
+        dZ = np.clip(Zb - T, -1.0, 1.0) / (n * k)
+    else:
+        raise ValueError(loss)
+    return dZ, dZ.sum(axis=0)
+
+
+# ---- dropout: splitmix64 over a counter --------------------------------------------------
+GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+MIX2 = np.uint64(0x94D049BB133111EB)
+
+
+def splitmix64(counters):
+    """splitmix64 output for each uint64 counter c: the mix of state c * golden (mod 2**64)."""
+    z = np.asarray(counters, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        z = z * GOLDEN
+        z = (z ^ (z >> np.uint64(30))) * MIX1
+        z = (z ^ (z >> np.uint64(27))) * MIX2
+    return z ^ (z >> np.uint64(31))
+
+
+def uniform01(counters):
+    """Top 53 bits of splitmix64 as a float in [0, 1)."""
+    return (splitmix64(counters) >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
+
+
+def dropout_forward(A, p, counter):
+    """(D, M, next counter): element (i, j) draws from counter + i k + j (wrapping mod 2**64);
+    kept (M = 1/(1-p)) when its uniform is >= p, else dropped (M = 0); D = A M."""
+    n, k = np.shape(A)
+    with np.errstate(over="ignore"):
+        counters = np.uint64(counter) + np.arange(n * k, dtype=np.uint64)
+        nxt = np.uint64(counter) + np.uint64(n * k)
+    keep = uniform01(counters).reshape(n, k) >= p
+    M = np.where(keep, 1.0 / (1.0 - p), 0.0)
+    return f64(A) * M, M, nxt
+
+
+def dropout_backward(dD, M):
+    return f64(dD) * f64(M)
+
+
+# ---- optimizers, from torch.optim's documented algorithms ---------------------------------
+# Each step takes (p, g, state dict, t) with t the 1-based step number and returns
+# (new p, new state); inputs are not modified.
+def sgd_step(p, g, state, t, lr, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False):
+    """torch.optim.SGD:
+        g = g + wd p
+        if mu != 0:  b = g (t = 1) else mu b + (1 - dampening) g
+                     g = g + mu b (nesterov) else b
+        p = p - lr g
+    """
+    p, g = f64(p), f64(g)
+    state = dict(state)
+    if weight_decay != 0.0:
+        g = g + weight_decay * p
+    if momentum != 0.0:
+        if t > 1:
+            b = momentum * f64(state["buf"]) + (1.0 - dampening) * g
+        else:
+            b = g.copy()
+        state["buf"] = b
+        g = g + momentum * b if nesterov else b
+    return p - lr * g, state
+
+
+def adam_step(p, g, state, t, lr, beta1, beta2, eps, weight_decay=0.0, decoupled=False, amsgrad=False):
+    """torch.optim.Adam (decoupled=False) / torch.optim.AdamW (decoupled=True):
+        Adam: g = g + wd p            AdamW: p = p - lr wd p
+        m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;  mhat = m / (1 - b1^t)
+        amsgrad: vmax = max(vmax, v), vhat = vmax / (1 - b2^t)   else vhat = v / (1 - b2^t)
+        p = p - lr mhat / (sqrt(vhat) + eps)
+    """
+    p, g = f64(p), f64(g)
+    state = dict(state)
+    if decoupled:
+        p = p - lr * weight_decay * p
+    elif weight_decay != 0.0:
+        g = g + weight_decay * p
+    m = beta1 * f64(state["m"]) + (1.0 - beta1) * g
+    v = beta2 * f64(state["v"]) + (1.0 - beta2) * g * g
+    state["m"], state["v"] = m, v
+    mhat = m / (1.0 - beta1 ** t)
+    if amsgrad:
+        vmax = np.maximum(f64(state["vmax"]), v)
+        state["vmax"] = vmax
+        vhat = vmax / (1.0 - beta2 ** t)
+    else:
+        vhat = v / (1.0 - beta2 ** t)
+    return p - lr * mhat / (np.sqrt(vhat) + eps), state
+
+
+def rmsprop_step(p, g, state, t, lr, alpha, eps, weight_decay=0.0, momentum=0.0, centered=False):
+    """torch.optim.RMSprop:
+        g = g + wd p;  v = alpha v + (1 - alpha) g^2;  vt = v
+        centered: gave = alpha gave + (1 - alpha) g;  vt = vt - gave^2
+        mu > 0: b = mu b + g / (sqrt(vt) + eps), p = p - lr b   else p = p - lr g / (sqrt(vt) + eps)
+    """
+    p, g = f64(p), f64(g)
+    state = dict(state)
+    if weight_decay != 0.0:
+        g = g + weight_decay * p
+    v = alpha * f64(state["sq"]) + (1.0 - alpha) * g * g
+    state["sq"] = v
+    vt = v
+    if centered:
+        gave = alpha * f64(state["gavg"]) + (1.0 - alpha) * g
+        state["gavg"] = gave
+        vt = vt - gave * gave
+    if momentum > 0.0:
+        b = momentum * f64(state["buf"]) + g / (np.sqrt(vt) + eps)
+        state["buf"] = b
+        return p - lr * b, state
+    return p - lr * g / (np.sqrt(vt) + eps), state
+
+
+def all_finite(x):
+    return bool(np.isfinite(x).all())
