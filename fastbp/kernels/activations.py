@@ -1,12 +1,14 @@
 """Hidden-layer activations with the bias add fused in, as forward/backward pairs.
 
-Forward:  Z = Z + b (in place), A = f(Z).  ``A`` may be the same buffer as ``Z``.
+Forward:  A = f(Z + b).  ``A`` may be the same buffer as ``Z`` (except for gelu,
+which writes Z + b back into Z because its backward reads it).
 Backward: dZ = dA * f'(.), db = sum over rows of dZ.  ``dZ`` may be ``dA``.
 
 Derivatives are taken from the *output* A wherever that is exact (as
 scikit-learn does), so those activations run in place and store no
 pre-activation; only gelu reads Z. ``alpha`` is the negative slope of
-leaky_relu and the alpha of elu (unused by the others).
+leaky_relu and the alpha of elu (unused by the others); it must be > 0, since
+their backward passes read the sign of z from the sign of A.
 """
 
 import numpy as np

@@ -1,7 +1,8 @@
 """Output layer + loss pairs with fused, numerically stable gradients.
 
-Each forward adds the bias in place (Z = Z + b), writes the output P = f(Z) and
-returns the mean loss (accumulated in float64). Each backward writes the
+Each forward writes the output P = f(Z + b) and returns the mean loss
+(accumulated in float64); softmax also writes Z + b back into Z (it reads the
+shifted logits twice). Each backward writes the
 gradient of that mean loss w.r.t. the pre-activation into dZ (it may alias P)
 and the bias gradient db = sum over rows of dZ.
 
