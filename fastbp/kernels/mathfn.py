@@ -102,3 +102,15 @@ def _gelu_grad_impl(z):
         t = tanh(c * (z + k * z * z * z))
         return half * (one + t) + half * z * (one - t * t) * c * (one + k3 * z * z)
     return impl
+
+
+def like(x, arr):
+    """The scalar x in arr's precision (float32 arithmetic stays float32 in a kernel)."""
+    return arr.dtype.type(x)
+
+
+@overload(like, inline="always")
+def _like_impl(x, arr):
+    if arr.dtype == types.float32:
+        return lambda x, arr: np.float32(x)
+    return lambda x, arr: np.float64(x)

@@ -3,14 +3,17 @@
 Each update is a single pass over p, g and the state arrays (which mirror p's
 layout). The rules, defaults and weight-decay semantics are torch.optim's
 documented algorithms (L2 added to the gradient for SGD, Adam and RMSprop;
-decoupled decay for AdamW). Arithmetic is done in float64 and rounded once on
-store. ``t`` is the 1-based step count *including* this step.
+decoupled decay for AdamW). As in torch.optim, the arithmetic is done in the
+parameters' precision (hyper-parameters are rounded to it once per call; the
+bias corrections are computed in float64 first), so float32 runs 16 lanes wide.
+``t`` is the 1-based step count *including* this step.
 """
 
 import numpy as np
 from numba import njit
 
 from .._config import JIT
+from .mathfn import like
 
 SGD, ADAM, RMSPROP = range(3)
 
@@ -20,13 +23,14 @@ def sgd_update(p, g, buf, t, lr, momentum, dampening, weight_decay, nesterov):
     # p, g, buf (P,)
     # d = g + wd p;  buf = d (t = 1) else mu buf + (1 - damp) d;
     # d = d + mu buf (nesterov) else buf;  p -= lr d
+    lr_, mu, damp, wd = like(lr, p), like(momentum, p), like(1.0 - dampening, p), like(weight_decay, p)
     for i in range(p.shape[0]):
-        d = g[i] + weight_decay * p[i]
+        d = g[i] + wd * p[i]
         if momentum != 0.0:
-            bi = d if t == 1 else momentum * buf[i] + (1.0 - dampening) * d
+            bi = d if t == 1 else mu * buf[i] + damp * d
             buf[i] = bi
-            d = d + momentum * bi if nesterov else bi
-        p[i] = p[i] - lr * d
+            d = d + mu * bi if nesterov else bi
+        p[i] = p[i] - lr_ * d
 
 
 @njit(**JIT)
@@ -35,24 +39,25 @@ def adam_update(p, g, m, v, vmax, t, lr, beta1, beta2, eps, weight_decay, decoup
     # Adam:  g += wd p.   AdamW: p *= 1 - lr wd.
     # m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;  vhat = max(vmax, v) if amsgrad else v
     # p -= lr / (1 - b1^t) * m / (sqrt(vhat) / sqrt(1 - b2^t) + eps)
-    step_size = lr / (1.0 - beta1 ** t)
-    inv_sqrt_bc2 = 1.0 / np.sqrt(1.0 - beta2 ** t)
-    decay = 1.0 - lr * weight_decay
+    b1, c1, b2, c2 = like(beta1, p), like(1.0 - beta1, p), like(beta2, p), like(1.0 - beta2, p)
+    step_size = like(lr / (1.0 - beta1 ** t), p)
+    inv_sqrt_bc2 = like(1.0 / np.sqrt(1.0 - beta2 ** t), p)
+    eps_, wd, decay = like(eps, p), like(weight_decay, p), like(1.0 - lr * weight_decay, p)
     for i in range(p.shape[0]):
-        pi = np.float64(p[i])
-        gi = np.float64(g[i])
+        pi = p[i]
+        gi = g[i]
         if decoupled:
-            pi *= decay
+            pi = pi * decay
         else:
-            gi += weight_decay * pi
-        mi = beta1 * m[i] + (1.0 - beta1) * gi
-        vi = beta2 * v[i] + (1.0 - beta2) * gi * gi
+            gi = gi + wd * pi
+        mi = b1 * m[i] + c1 * gi
+        vi = b2 * v[i] + c2 * (gi * gi)
         m[i] = mi
         v[i] = vi
         if amsgrad:
             vi = max(vmax[i], vi)
             vmax[i] = vi
-        p[i] = pi - step_size * mi / (np.sqrt(vi) * inv_sqrt_bc2 + eps)
+        p[i] = pi - step_size * mi / (np.sqrt(vi) * inv_sqrt_bc2 + eps_)
 
 
 @njit(**JIT)
@@ -60,19 +65,21 @@ def rmsprop_update(p, g, sq, gavg, buf, lr, alpha, eps, weight_decay, momentum, 
     # p, g, sq (P,); gavg (P,) if centered; buf (P,) if momentum > 0
     # g += wd p;  sq = a sq + (1-a) g^2;  avg = sqrt(sq - gavg^2) (centered) or sqrt(sq), + eps
     # buf = mu buf + g / avg, p -= lr buf (momentum)  or  p -= lr g / avg
+    a, c, eps_, wd = like(alpha, p), like(1.0 - alpha, p), like(eps, p), like(weight_decay, p)
+    lr_, mu = like(lr, p), like(momentum, p)
     for i in range(p.shape[0]):
-        gi = g[i] + weight_decay * p[i]
-        si = alpha * sq[i] + (1.0 - alpha) * gi * gi
+        gi = g[i] + wd * p[i]
+        si = a * sq[i] + c * (gi * gi)
         sq[i] = si
         if centered:
-            ga = alpha * gavg[i] + (1.0 - alpha) * gi
+            ga = a * gavg[i] + c * gi
             gavg[i] = ga
             si = si - ga * ga
-        step = gi / (np.sqrt(si) + eps)
+        step = gi / (np.sqrt(si) + eps_)
         if momentum > 0.0:
-            step = momentum * buf[i] + step
+            step = mu * buf[i] + step
             buf[i] = step
-        p[i] = p[i] - lr * step
+        p[i] = p[i] - lr_ * step
 
 
 @njit(**JIT)
