@@ -44,8 +44,13 @@ def dropout_forward(D, M, A, p, rng):
 
 @njit(**JIT)
 def dropout_backward(dA, dD, M):
-    # dA = dD * M   (inverts D = A * M with the mask saved by the forward pass)
+    # dA = dD * M   (inverts D = A * M with the mask saved by the forward pass); dA may be dD
     n, k = dD.shape
-    for i in range(n):
-        for j in range(k):
-            dA[i, j] = dD[i, j] * M[i, j]
+    if dA.ctypes.data == dD.ctypes.data:  # one array in the loop, so it vectorises
+        for i in range(n):
+            for j in range(k):
+                dA[i, j] *= M[i, j]
+    else:
+        for i in range(n):
+            for j in range(k):
+                dA[i, j] = dD[i, j] * M[i, j]
