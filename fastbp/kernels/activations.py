@@ -15,6 +15,7 @@ import numpy as np
 from numba import njit
 
 from .._config import JIT
+from ._util import in_place
 from .mathfn import gelu, gelu_grad, tanh
 
 IDENTITY, RELU, LEAKY_RELU, ELU, SIGMOID, TANH, SOFTPLUS, GELU = range(8)
@@ -28,24 +29,6 @@ NEEDS_Z = (GELU,)          # backward reads the pre-activation
 RELU_LIKE = (RELU, LEAKY_RELU, ELU, GELU, SOFTPLUS)  # He initialisation
 
 
-
-@njit(**JIT)
-def _in_place(out, inp):
-    """Copy inp into out unless they are the same buffer; return out's shape.
-
-    The kernels then work in place on ``out``: with one array in the loop LLVM
-    vectorises it, whereas with two arrays that may alias it must check at run
-    time and falls back to the scalar loop when they do (the network always
-    passes the same buffer; in place was 2.5x slower for relu before this).
-    """
-    n, k = out.shape
-    if out.ctypes.data != inp.ctypes.data:
-        for i in range(n):
-            for j in range(k):
-                out[i, j] = inp[i, j]
-    return n, k
-
-
 @njit(**JIT)
 def _colsum_init(db):
     for j in range(db.shape[0]):
@@ -56,7 +39,7 @@ def _colsum_init(db):
 @njit(**JIT)
 def identity_forward(A, Z, b):
     # Z, A (n, k); b (k,)
-    n, k = _in_place(A, Z)
+    n, k = in_place(A, Z)
     for i in range(n):
         for j in range(k):
             A[i, j] = A[i, j] + b[j]
@@ -65,7 +48,7 @@ def identity_forward(A, Z, b):
 @njit(**JIT)
 def identity_backward(dZ, db, dA):
     # dZ, dA (n, k); db (k,)   inverts A = Z
-    n, k = _in_place(dZ, dA)
+    n, k = in_place(dZ, dA)
     _colsum_init(db)
     for i in range(n):
         for j in range(k):
@@ -75,7 +58,7 @@ def identity_backward(dZ, db, dA):
 # ---- relu: A = max(Z, 0) -------------------------------------------------------
 @njit(**JIT)
 def relu_forward(A, Z, b):
-    n, k = _in_place(A, Z)
+    n, k = in_place(A, Z)
     for i in range(n):
         for j in range(k):
             z = A[i, j] + b[j]
@@ -85,7 +68,7 @@ def relu_forward(A, Z, b):
 @njit(**JIT)
 def relu_backward(dZ, db, dA, A):
     # f'(z) = 1 if A > 0
-    n, k = _in_place(dZ, dA)
+    n, k = in_place(dZ, dA)
     _colsum_init(db)
     for i in range(n):
         for j in range(k):
@@ -97,7 +80,7 @@ def relu_backward(dZ, db, dA, A):
 # ---- leaky_relu: A = Z if Z > 0 else alpha Z (alpha > 0 keeps the sign) -------
 @njit(**JIT)
 def leaky_relu_forward(A, Z, b, alpha):
-    n, k = _in_place(A, Z)
+    n, k = in_place(A, Z)
     for i in range(n):
         for j in range(k):
             z = A[i, j] + b[j]
@@ -106,7 +89,7 @@ def leaky_relu_forward(A, Z, b, alpha):
 
 @njit(**JIT)
 def leaky_relu_backward(dZ, db, dA, A, alpha):
-    n, k = _in_place(dZ, dA)
+    n, k = in_place(dZ, dA)
     _colsum_init(db)
     for i in range(n):
         for j in range(k):
@@ -118,7 +101,7 @@ def leaky_relu_backward(dZ, db, dA, A, alpha):
 # ---- elu: A = Z if Z > 0 else alpha (exp(Z) - 1) -------------------------------
 @njit(**JIT)
 def elu_forward(A, Z, b, alpha):
-    n, k = _in_place(A, Z)
+    n, k = in_place(A, Z)
     for i in range(n):
         for j in range(k):
             z = A[i, j] + b[j]
@@ -128,7 +111,7 @@ def elu_forward(A, Z, b, alpha):
 @njit(**JIT)
 def elu_backward(dZ, db, dA, A, alpha):
     # f'(z) = 1 for z > 0, alpha exp(z) = A + alpha otherwise
-    n, k = _in_place(dZ, dA)
+    n, k = in_place(dZ, dA)
     _colsum_init(db)
     for i in range(n):
         for j in range(k):
@@ -150,7 +133,7 @@ def _sigmoid(z):
 
 @njit(**JIT)
 def sigmoid_forward(A, Z, b):
-    n, k = _in_place(A, Z)
+    n, k = in_place(A, Z)
     for i in range(n):
         for j in range(k):
             A[i, j] = _sigmoid(A[i, j] + b[j])
@@ -159,7 +142,7 @@ def sigmoid_forward(A, Z, b):
 @njit(**JIT)
 def sigmoid_backward(dZ, db, dA, A):
     # f'(z) = A (1 - A)
-    n, k = _in_place(dZ, dA)
+    n, k = in_place(dZ, dA)
     _colsum_init(db)
     for i in range(n):
         for j in range(k):
@@ -172,7 +155,7 @@ def sigmoid_backward(dZ, db, dA, A):
 # ---- tanh ------------------------------------------------------------------------
 @njit(**JIT)
 def tanh_forward(A, Z, b):
-    n, k = _in_place(A, Z)
+    n, k = in_place(A, Z)
     for i in range(n):
         for j in range(k):
             A[i, j] = tanh(A[i, j] + b[j])
@@ -181,7 +164,7 @@ def tanh_forward(A, Z, b):
 @njit(**JIT)
 def tanh_backward(dZ, db, dA, A):
     # f'(z) = 1 - A^2
-    n, k = _in_place(dZ, dA)
+    n, k = in_place(dZ, dA)
     _colsum_init(db)
     for i in range(n):
         for j in range(k):
@@ -194,7 +177,7 @@ def tanh_backward(dZ, db, dA, A):
 # ---- softplus: A = log(1 + exp(Z)) ---------------------------------------------
 @njit(**JIT)
 def softplus_forward(A, Z, b):
-    n, k = _in_place(A, Z)
+    n, k = in_place(A, Z)
     for i in range(n):
         for j in range(k):
             z = A[i, j] + b[j]
@@ -205,7 +188,7 @@ def softplus_forward(A, Z, b):
 @njit(**JIT)
 def softplus_backward(dZ, db, dA, A):
     # f'(z) = sigmoid(z) = 1 - exp(-A) = -expm1(-A)   (expm1 keeps precision as A -> 0)
-    n, k = _in_place(dZ, dA)
+    n, k = in_place(dZ, dA)
     _colsum_init(db)
     for i in range(n):
         for j in range(k):
@@ -229,7 +212,7 @@ def gelu_forward(A, Z, b):
 @njit(**JIT)
 def gelu_backward(dZ, db, dA, Z):
     # f'(z) = (1 + t)/2 + z/2 (1 - t^2) c (1 + 3 k z^2),  t = tanh(c (z + k z^3))
-    n, k = _in_place(dZ, dA)
+    n, k = in_place(dZ, dA)
     _colsum_init(db)
     for i in range(n):
         for j in range(k):

@@ -9,6 +9,7 @@ import numpy as np
 from numba import njit
 
 from .._config import JIT
+from ._util import in_place
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -45,12 +46,7 @@ def dropout_forward(D, M, A, p, rng):
 @njit(**JIT)
 def dropout_backward(dA, dD, M):
     # dA = dD * M   (inverts D = A * M with the mask saved by the forward pass); dA may be dD
-    n, k = dD.shape
-    if dA.ctypes.data == dD.ctypes.data:  # one array in the loop, so it vectorises
-        for i in range(n):
-            for j in range(k):
-                dA[i, j] *= M[i, j]
-    else:
-        for i in range(n):
-            for j in range(k):
-                dA[i, j] = dD[i, j] * M[i, j]
+    n, k = in_place(dA, dD)
+    for i in range(n):
+        for j in range(k):
+            dA[i, j] *= M[i, j]
