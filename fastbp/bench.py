@@ -93,11 +93,7 @@ def make_data(name, quick=False, seed=1234):
 def initial_weights(name):
     """The weights every peer starts from: fastbp's own initialisation (He normal for relu,
     Glorot uniform otherwise) with seed 0, made once by the driver."""
-    import fastbp as fb
-    spec = WORKLOADS[name]
-    net = fb.Network(spec["layers"], activation=spec["activation"], output=spec["output"],
-                     loss=spec["loss"], dtype=np.float32, seed=0)
-    return net.get_weights()
+    return make_network(WORKLOADS[name])[0].get_weights()
 
 
 def write_data(path, name, quick):
@@ -166,15 +162,22 @@ def batches(n, batch):
 
 
 # ---- peers -------------------------------------------------------------------------------------
+def make_network(spec):
+    """The workload's fastbp network (float32, seed 0) and a fresh optimizer for it."""
+    import fastbp as fb
+    net = fb.Network(spec["layers"], activation=spec["activation"], output=spec["output"],
+                     loss=spec["loss"], dtype=np.float32, seed=0)
+    opt = (fb.Adam(lr=spec["lr"], betas=BETAS, eps=EPS) if spec["optimizer"] == "adam"
+           else fb.SGD(lr=spec["lr"], momentum=spec["momentum"]))
+    return net, opt
+
+
 def run_fastbp(spec, X, y, weights, threads, epochs):
     import fastbp as fb
     from fastbp.network import PREDICT_BATCH
     fb.set_num_threads(threads)  # the one knob: no thread environment variables for fastbp
-    net = fb.Network(spec["layers"], activation=spec["activation"], output=spec["output"],
-                     loss=spec["loss"], dtype=np.float32, seed=0)
+    net, opt = make_network(spec)
     net.set_weights(weights)
-    opt = (fb.Adam(lr=spec["lr"], betas=BETAS, eps=EPS) if spec["optimizer"] == "adam"
-           else fb.SGD(lr=spec["lr"], momentum=spec["momentum"]))
 
     def run_epoch():
         return net.fit(X, y, epochs=1, batch_size=spec["batch"], optimizer=opt, shuffle=False).history["loss"][-1]
