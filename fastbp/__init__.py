@@ -6,7 +6,8 @@ Numba kernels over preallocated flat buffers; see README.md for the design.
 import numba as _numba
 
 from ._blas import BLAS_INFO, get_blas_threads, set_blas_threads
-from .errors import DivergenceError, FastbpError, InputError, ModelFileError, ModelNotFoundError
+from .errors import (DataFileError, DivergenceError, FastbpError, InputError, ModelFileError,
+                     ModelNotFoundError)
 from .network import History, Network
 from .optim import SGD, Adam, AdamW, Optimizer, RMSprop
 
@@ -31,4 +32,4 @@ def get_num_threads():
 
 __all__ = ["Network", "History", "SGD", "Adam", "AdamW", "RMSprop", "Optimizer", "set_num_threads",
            "get_num_threads", "FastbpError", "InputError", "ModelFileError", "ModelNotFoundError",
-           "DivergenceError", "BLAS_INFO", "__version__"]
+           "DivergenceError", "DataFileError", "BLAS_INFO", "__version__"]

@@ -17,6 +17,11 @@ class ModelNotFoundError(ModelFileError, FileNotFoundError):
     """The model file does not exist."""
 
 
+class DataFileError(InputError):
+    """A data file (IDX, CSV, NPZ or a download) that is truncated, corrupt, inconsistent or
+    not in the format it claims; the message names the file and the problem."""
+
+
 class DivergenceError(FastbpError, FloatingPointError):
     """The training loss or a gradient became NaN or inf.
 
