@@ -1,8 +1,10 @@
 """Buffer bookkeeping: where every layer's parameters and activations live.
 
-Parameters: one flat array [W0, b0, W1, b1, ...], each block starting on a
-64-byte boundary (padding stays zero, its gradient is zero, optimizers leave it
-zero). Gradients and optimizer state use the same offsets.
+Parameters: one flat array [W0, b0, (gamma0, beta0,) W1, b1, ...], each block
+starting on a 64-byte boundary (padding stays zero, its gradient is zero,
+optimizers leave it zero); gamma and beta only for layers with a norm.
+Gradients and optimizer state use the same offsets. The norm layers' running
+statistics live in a second, untrained flat buffer (``nstate``).
 
 Workspace (one flat array per batch size B): per hidden layer a slot for A
 (and Z for activations whose derivative needs it, D and M with dropout), the
@@ -13,7 +15,9 @@ A batch of n <= B rows uses the first n rows of each slot: views, no copies.
 import numpy as np
 
 from .kernels.activations import NEEDS_Z
-from .kernels.network import A_OFF, ACT, ALPHA, B_OFF, D_OFF, DROP, M_OFF, N_IN, N_OUT, W_OFF, Z_OFF
+from .kernels.network import (A_OFF, ACT, ALPHA, B_OFF, BE_OFF, D_OFF, DROP, EPS, G_OFF, M_OFF, MOMENTUM, MU_OFF,
+                              N_COLS, N_IN, N_OUT, NORM, P_END, RM_OFF, RS_OFF, RV_OFF, W_OFF, XH_OFF, Z_OFF)
+from .kernels.norm import BATCH_NORM, NO_NORM
 
 ALIGN_BYTES = 64
 
@@ -31,24 +35,46 @@ def aligned_zeros(n, dtype):
     return raw[start:start + n]
 
 
-def param_layout(sizes, dtype):
-    """[(w_off, b_off)] per layer and the total length of the flat parameter buffer."""
+def param_layout(sizes, dtype, norms=None):
+    """Per layer (w_off, b_off, gamma_off, beta_off, end) (gamma/beta -1 without a norm),
+    and the total length of the flat parameter buffer."""
     item = np.dtype(dtype).itemsize
+    norms = norms or [NO_NORM] * (len(sizes) - 2)
     offs, pos = [], 0
-    for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+    for l, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
         w = pos
-        pos = _align(pos + n_in * n_out, item)
-        offs.append((w, pos))
+        b = pos = _align(pos + n_in * n_out, item)
+        g = be = -1
+        if l < len(sizes) - 2 and norms[l] != NO_NORM:
+            g = pos = _align(pos + n_out, item)
+            be = pos = _align(pos + n_out, item)
         pos = _align(pos + n_out, item)
+        offs.append((w, b, g, be, pos))
     return offs, pos
 
 
-def build_layout(sizes, act_codes, alphas, drops, param_offs, batch_size, dtype):
+def state_layout(sizes, norms, dtype):
+    """Per hidden layer (running-mean offset, running-var offset) in nstate (-1 unless batch norm),
+    and nstate's length."""
+    item = np.dtype(dtype).itemsize
+    offs, pos = [], 0
+    for l, k in enumerate(sizes[1:-1]):
+        if norms[l] == BATCH_NORM:
+            offs.append((pos, _align(pos + k, item)))
+            pos = _align(offs[-1][1] + k, item)
+        else:
+            offs.append((-1, -1))
+    return offs, pos
+
+
+def build_layout(sizes, act_codes, alphas, drops, param_offs, batch_size, dtype, norms=None, norm_fpar=None,
+                 state_offs=None):
     """Layer table (int64), per-layer floats, the two gradient-slot offsets and workspace length."""
     item = np.dtype(dtype).itemsize
     L = len(sizes) - 1
-    layout = np.zeros((L, 9), np.int64)
-    fpar = np.zeros((L, 2), np.float64)
+    norms = norms or [NO_NORM] * (L - 1)
+    layout = np.full((L, N_COLS), -1, np.int64)
+    fpar = np.zeros((L, 4), np.float64)
     pos = 0
 
     def slot(width):
@@ -61,9 +87,20 @@ def build_layout(sizes, act_codes, alphas, drops, param_offs, batch_size, dtype)
         k = sizes[l + 1]
         row = layout[l]
         row[N_IN], row[N_OUT] = sizes[l], k
-        row[W_OFF], row[B_OFF] = param_offs[l]
+        row[W_OFF], row[B_OFF], row[G_OFF], row[BE_OFF], row[P_END] = param_offs[l]
+        row[NORM] = NO_NORM
         if l < L - 1:
             row[ACT] = act_codes[l]
+            if norms[l] != NO_NORM:
+                row[NORM] = norms[l]
+                row[XH_OFF] = slot(k)
+                m = max(k, batch_size)
+                row[MU_OFF] = pos
+                pos = _align(pos + m, item)
+                row[RS_OFF] = pos
+                pos = _align(pos + m, item)
+                row[RM_OFF], row[RV_OFF] = state_offs[l]
+                fpar[l, MOMENTUM], fpar[l, EPS] = norm_fpar
             row[A_OFF] = slot(k)
             row[Z_OFF] = slot(k) if act_codes[l] in NEEDS_Z else row[A_OFF]
             if drops[l] > 0:
@@ -72,6 +109,7 @@ def build_layout(sizes, act_codes, alphas, drops, param_offs, batch_size, dtype)
                 row[D_OFF] = row[M_OFF] = row[A_OFF]
             fpar[l, ALPHA], fpar[l, DROP] = alphas[l], drops[l]
         else:
+            row[ACT] = 0
             row[Z_OFF], row[A_OFF] = slot(k), slot(k)
             row[D_OFF] = row[M_OFF] = row[A_OFF]
     widest = max(sizes[1:])

@@ -9,6 +9,12 @@ and the bias gradient db = sum over rows of dZ.
 Targets come as a dense (n, k) array T, or for softmax cross-entropy as integer
 class labels (n,) when ``use_labels`` is set (T is then not read).
 
+``sw`` holds per-row sample weights (n,), or is empty for unweighted rows. A
+weighted loss is sum_i w_i l_i / sum_i w_i (l_i the row's loss), as PyTorch's
+class-weighted cross-entropy and ``np.average`` define it, so a row of weight 2
+counts exactly as the row twice. A batch whose weights sum to 0 has loss 0 and
+zero gradient.
+
 Means follow PyTorch: cross-entropy over the batch (CrossEntropyLoss), binary
 cross-entropy, mse and huber over all n*k elements (BCEWithLogitsLoss, MSELoss,
 HuberLoss with delta=1).
@@ -31,11 +37,27 @@ DEFAULT_LOSS = {"softmax": "cross_entropy", "sigmoid": "binary_cross_entropy", "
 HUBER_DELTA = 1.0
 
 
+@njit(**JIT)
+def _inv_total(sw, n):
+    # 1 / (sum of row weights); n rows of weight 1 when sw is empty; 0 for an all-zero batch
+    if sw.shape[0] == 0:
+        return 1.0 / n
+    total = 0.0
+    for i in range(n):
+        total += sw[i]
+    return 1.0 / total if total > 0.0 else 0.0
+
+
+@njit(**JIT)
+def _row_weight(sw, i):
+    return sw[i] if sw.shape[0] != 0 else 1.0
+
+
 # ---- softmax + cross-entropy -------------------------------------------------------
 @njit(**JIT)
-def softmax_xent_forward(P, Z, b, T, labels, use_labels):
-    # Z, P (n, k); b (k,); T (n, k) or labels (n,).  P must not alias Z (Z is read after P is written).
-    # loss = -1/n sum_i sum_j T_ij log softmax(Z_i)_j, log-sum-exp shifted by the row max
+def softmax_xent_forward(P, Z, b, T, labels, use_labels, sw):
+    # Z, P (n, k); b (k,); T (n, k) or labels (n,); sw (n,) or (0,).  P must not alias Z.
+    # loss = -1/sum(w) sum_i w_i sum_j T_ij log softmax(Z_i)_j, log-sum-exp shifted by the row max
     n, k = Z.shape
     total = 0.0
     for i in range(n):
@@ -53,83 +75,92 @@ def softmax_xent_forward(P, Z, b, T, labels, use_labels):
         inv = 1.0 / s
         for j in range(k):
             P[i, j] *= inv
+        row = 0.0
         if use_labels:
-            total += lse - Z[i, labels[i]]
+            row = lse - Z[i, labels[i]]
         else:
             for j in range(k):
                 t = T[i, j]
                 if t != 0.0:
-                    total += t * (lse - Z[i, j])
-    return total / n
+                    row += t * (lse - Z[i, j])
+        total += _row_weight(sw, i) * row
+    return total * _inv_total(sw, n)
 
 
 @njit(**JIT)
-def softmax_xent_backward(dZ, db, P, T, labels, use_labels):
-    # dZ = (P - T) / n      (inverts loss = -1/n sum T log softmax(Z))
+def softmax_xent_backward(dZ, db, P, T, labels, use_labels, sw):
+    # dZ_i = w_i (P_i - T_i) / sum(w)      (inverts loss = -1/sum(w) sum w T log softmax(Z))
     n, k = P.shape
-    inv_n = 1.0 / n
+    inv_w = _inv_total(sw, n)
     for j in range(k):
         db[j] = 0.0
     for i in range(n):
+        s = _row_weight(sw, i) * inv_w
         for j in range(k):
             t = (1.0 if labels[i] == j else 0.0) if use_labels else T[i, j]
-            g = (P[i, j] - t) * inv_n
+            g = (P[i, j] - t) * s
             dZ[i, j] = g
             db[j] += g
 
 
 # ---- sigmoid + binary cross-entropy from logits ------------------------------------
 @njit(**JIT)
-def sigmoid_bce_forward(P, Z, b, T):
-    # loss = mean over n*k of max(z,0) - z t + log1p(exp(-|z|))
+def sigmoid_bce_forward(P, Z, b, T, sw):
+    # loss = weighted mean over rows of the mean over k of max(z,0) - z t + log1p(exp(-|z|))
     n, k = Z.shape
     total = 0.0
     for i in range(n):
+        row = 0.0
         for j in range(k):
             z = Z[i, j] + b[j]
             e = np.exp(-abs(z))
-            total += max(z, 0.0) - z * T[i, j] + np.log1p(e)
+            row += max(z, 0.0) - z * T[i, j] + np.log1p(e)
             P[i, j] = 1.0 / (1.0 + e) if z >= 0 else e / (1.0 + e)
-    return total / (n * k)
+        total += _row_weight(sw, i) * row
+    return total * _inv_total(sw, n) / k
 
 
 @njit(**JIT)
-def sigmoid_bce_backward(dZ, db, P, T):
-    # dZ = (sigmoid(Z) - T) / (n k)
+def sigmoid_bce_backward(dZ, db, P, T, sw):
+    # dZ_i = w_i (sigmoid(Z_i) - T_i) / (k sum(w))
     n, k = P.shape
-    inv = 1.0 / (n * k)
+    inv = _inv_total(sw, n) / k
     for j in range(k):
         db[j] = 0.0
     for i in range(n):
+        s = _row_weight(sw, i) * inv
         for j in range(k):
-            g = (P[i, j] - T[i, j]) * inv
+            g = (P[i, j] - T[i, j]) * s
             dZ[i, j] = g
             db[j] += g
 
 
 # ---- identity + mean squared error --------------------------------------------------
 @njit(**JIT)
-def mse_forward(P, Z, b, T):
-    # loss = mean over n*k of (Z - T)^2
+def mse_forward(P, Z, b, T, sw):
+    # loss = weighted mean over rows of the mean over k of (Z - T)^2
     n, k = Z.shape
     total = 0.0
     for i in range(n):
+        row = 0.0
         for j in range(k):
             z = Z[i, j] + b[j]
             P[i, j] = z
             d = z - T[i, j]
-            total += d * d
-    return total / (n * k)
+            row += d * d
+        total += _row_weight(sw, i) * row
+    return total * _inv_total(sw, n) / k
 
 
 @njit(**JIT)
-def mse_backward(dZ, db, P, T):
-    # dZ = 2 (P - T) / (n k)
+def mse_backward(dZ, db, P, T, sw):
+    # dZ_i = 2 w_i (P_i - T_i) / (k sum(w))
     n, k = P.shape
-    s = 2.0 / (n * k)
+    inv = 2.0 * _inv_total(sw, n) / k
     for j in range(k):
         db[j] = 0.0
     for i in range(n):
+        s = _row_weight(sw, i) * inv
         for j in range(k):
             g = (P[i, j] - T[i, j]) * s
             dZ[i, j] = g
@@ -138,56 +169,90 @@ def mse_backward(dZ, db, P, T):
 
 # ---- identity + huber (delta = 1) ----------------------------------------------------
 @njit(**JIT)
-def huber_forward(P, Z, b, T):
-    # l(d) = d^2/2 if |d| <= delta else delta (|d| - delta/2), mean over n*k
+def huber_forward(P, Z, b, T, sw):
+    # l(d) = d^2/2 if |d| <= delta else delta (|d| - delta/2), weighted mean over rows of the mean over k
     n, k = Z.shape
     total = 0.0
     for i in range(n):
+        row = 0.0
         for j in range(k):
             z = Z[i, j] + b[j]
             P[i, j] = z
             d = abs(z - T[i, j])
-            total += 0.5 * d * d if d <= HUBER_DELTA else HUBER_DELTA * (d - 0.5 * HUBER_DELTA)
-    return total / (n * k)
+            row += 0.5 * d * d if d <= HUBER_DELTA else HUBER_DELTA * (d - 0.5 * HUBER_DELTA)
+        total += _row_weight(sw, i) * row
+    return total * _inv_total(sw, n) / k
 
 
 @njit(**JIT)
-def huber_backward(dZ, db, P, T):
-    # dZ = clip(P - T, -delta, delta) / (n k)
+def huber_backward(dZ, db, P, T, sw):
+    # dZ_i = w_i clip(P_i - T_i, -delta, delta) / (k sum(w))
     n, k = P.shape
-    inv = 1.0 / (n * k)
+    inv = _inv_total(sw, n) / k
     for j in range(k):
         db[j] = 0.0
     for i in range(n):
+        s = _row_weight(sw, i) * inv
         for j in range(k):
             d = P[i, j] - T[i, j]
-            g = min(max(d, -HUBER_DELTA), HUBER_DELTA) * inv
+            g = min(max(d, -HUBER_DELTA), HUBER_DELTA) * s
             dZ[i, j] = g
             db[j] += g
 
 
 # ---- dispatch --------------------------------------------------------------------------
 @njit(**JIT)
-def loss_forward(code, P, Z, b, T, labels, use_labels):
+def loss_forward(code, P, Z, b, T, labels, use_labels, sw):
     if code == SOFTMAX_CE:
-        return softmax_xent_forward(P, Z, b, T, labels, use_labels)
+        return softmax_xent_forward(P, Z, b, T, labels, use_labels, sw)
     elif code == SIGMOID_BCE:
-        return sigmoid_bce_forward(P, Z, b, T)
+        return sigmoid_bce_forward(P, Z, b, T, sw)
     elif code == IDENTITY_HUBER:
-        return huber_forward(P, Z, b, T)
-    return mse_forward(P, Z, b, T)
+        return huber_forward(P, Z, b, T, sw)
+    return mse_forward(P, Z, b, T, sw)
 
 
 @njit(**JIT)
-def loss_backward(code, dZ, db, P, T, labels, use_labels):
+def loss_backward(code, dZ, db, P, T, labels, use_labels, sw):
     if code == SOFTMAX_CE:
-        softmax_xent_backward(dZ, db, P, T, labels, use_labels)
+        softmax_xent_backward(dZ, db, P, T, labels, use_labels, sw)
     elif code == SIGMOID_BCE:
-        sigmoid_bce_backward(dZ, db, P, T)
+        sigmoid_bce_backward(dZ, db, P, T, sw)
     elif code == IDENTITY_HUBER:
-        huber_backward(dZ, db, P, T)
+        huber_backward(dZ, db, P, T, sw)
     else:
-        mse_backward(dZ, db, P, T)
+        mse_backward(dZ, db, P, T, sw)
+
+
+# ---- metric: correct predictions (training accuracy without a second forward pass) -----
+@njit(**JIT)
+def correct_count(code, P, T, labels, use_labels):
+    # softmax: rows whose argmax is the label (or T's argmax); sigmoid: elements with
+    # (P > 0.5) == (T > 0.5), divided by k so that the count is in rows; others: 0
+    n, k = P.shape
+    c = 0.0
+    if code == SOFTMAX_CE:
+        for i in range(n):
+            best = 0
+            for j in range(1, k):
+                if P[i, j] > P[i, best]:
+                    best = j
+            if use_labels:
+                truth = labels[i]
+            else:
+                truth = 0
+                for j in range(1, k):
+                    if T[i, j] > T[i, truth]:
+                        truth = j
+            if best == truth:
+                c += 1.0
+    elif code == SIGMOID_BCE:
+        for i in range(n):
+            for j in range(k):
+                if (P[i, j] > 0.5) == (T[i, j] > 0.5):
+                    c += 1.0
+        c /= k
+    return c
 
 
 # ---- output function alone (inference: no targets, no loss) ---------------------------

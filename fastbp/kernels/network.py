@@ -4,13 +4,20 @@ They walk a layer table and views into three flat buffers, so one compiled
 function (per dtype) serves every architecture, and a Python call trains a
 whole epoch.
 
-``layout`` (n_layers, 9) int64, one row per dense layer:
+``layout`` (n_layers, 18) int64, one row per dense layer:
     n_in, n_out, W offset, b offset (in params/grads), activation code,
-    Z, A, D, M offsets (in ws; each slot holds batch_size * n_out values).
+    Z, A, D, M offsets (in ws; each slot holds batch_size * n_out values),
+    norm code, gamma and beta offsets (params), XH, MU, RS offsets (ws),
+    running mean and variance offsets (nstate), end of the layer's parameters.
 Z == A for activations that run in place, D == A for layers without dropout.
-The output layer's A is the prediction P (never aliasing its Z).
-``fpar`` (n_layers, 2) float64: activation alpha, dropout probability.
+The output layer's A is the prediction P (never aliasing its Z). A layer's
+parameters (W, b, and gamma, beta with a norm) span [W offset, end).
+``fpar`` (n_layers, 4) float64: activation alpha, dropout probability, norm momentum, norm eps.
 ``meta`` int64: loss code, offsets of the two gradient ping-pong slots.
+``nstate``: the norm layers' running statistics (not trained, not in params).
+``sw``: per-row sample weights, or an empty array (see losses.py).
+``ctl`` float64: clip norm (0: off), track gradient health (0/1), L2 alpha
+(scikit-learn's: the loss gets alpha/(2n) sum W^2 and dW gets alpha/n W, weights only).
 """
 
 import numpy as np
@@ -20,12 +27,16 @@ from .._blas import gemm
 from .._config import JIT
 from .activations import activation_backward, activation_forward
 from .dropout import dropout_backward, dropout_forward
-from .losses import loss_backward, loss_forward, output_forward
-from .optim import all_finite, optimizer_update
+from .losses import correct_count, loss_backward, loss_forward, output_forward
+from .norm import NO_NORM, norm_backward, norm_forward
+from .optim import all_finite, diff_sq_sum, optimizer_update, sq_sum
 
-N_IN, N_OUT, W_OFF, B_OFF, ACT, Z_OFF, A_OFF, D_OFF, M_OFF = range(9)
+(N_IN, N_OUT, W_OFF, B_OFF, ACT, Z_OFF, A_OFF, D_OFF, M_OFF, NORM, G_OFF, BE_OFF, XH_OFF, MU_OFF, RS_OFF,
+ RM_OFF, RV_OFF, P_END) = range(18)
+N_COLS = 18
 LOSS, G0_OFF, G1_OFF = range(3)
-ALPHA, DROP = range(2)
+ALPHA, DROP, MOMENTUM, EPS = range(4)
+CLIP, TRACK, L2 = range(3)
 
 OK, BAD_LOSS, BAD_GRAD = range(3)
 
@@ -45,7 +56,12 @@ def layer_params(params, layout, l):
 
 
 @njit(**JIT)
-def hidden_forward(params, ws, layout, fpar, X, n, training, rng):
+def vec(buf, off, k):
+    return buf[off:off + k]
+
+
+@njit(**JIT)
+def hidden_forward(params, nstate, ws, layout, fpar, X, n, training, rng):
     # X (n, n_in0) -> returns the (n, n_out) input of the output layer (a view into ws)
     inp = X
     for l in range(layout.shape[0] - 1):
@@ -54,7 +70,15 @@ def hidden_forward(params, ws, layout, fpar, X, n, training, rng):
         Z = view2(ws, layout[l, Z_OFF], n, k)
         A = view2(ws, layout[l, A_OFF], n, k)
         gemm(False, False, 1.0, inp, W, 0.0, Z)               # Z = X W
-        activation_forward(layout[l, ACT], A, Z, b, fpar[l, ALPHA])  # A = f(Z + b)
+        norm = layout[l, NORM]
+        if norm != NO_NORM:
+            m = max(n, k)
+            norm_forward(norm, Z, view2(ws, layout[l, XH_OFF], n, k), vec(ws, layout[l, MU_OFF], m),
+                         vec(ws, layout[l, RS_OFF], m), b, vec(params, layout[l, G_OFF], k),
+                         vec(nstate, layout[l, RM_OFF], k), vec(nstate, layout[l, RV_OFF], k),
+                         fpar[l, MOMENTUM], fpar[l, EPS], training)  # Z = gamma xhat(Z + b)
+            b = vec(params, layout[l, BE_OFF], k)
+        activation_forward(layout[l, ACT], A, Z, b, fpar[l, ALPHA])  # A = f(Z + b)  (b: beta with a norm)
         p = fpar[l, DROP]
         if training and p > 0.0:
             D = view2(ws, layout[l, D_OFF], n, k)
@@ -67,9 +91,9 @@ def hidden_forward(params, ws, layout, fpar, X, n, training, rng):
 
 
 @njit(**JIT)
-def predict_forward(params, ws, layout, fpar, meta, rng, X, n):
-    # inference: no dropout (rng is not read); returns P (n, k_out), a view into ws
-    inp = hidden_forward(params, ws, layout, fpar, X, n, False, rng)
+def predict_forward(params, nstate, ws, layout, fpar, meta, rng, X, n):
+    # inference: no dropout (rng is not read), running norm statistics; returns P (n, k_out), a view into ws
+    inp = hidden_forward(params, nstate, ws, layout, fpar, X, n, False, rng)
     L = layout.shape[0] - 1
     k = layout[L, N_OUT]
     W, b = layer_params(params, layout, L)
@@ -81,75 +105,135 @@ def predict_forward(params, ws, layout, fpar, meta, rng, X, n):
 
 
 @njit(**JIT)
-def loss_forward_all(params, ws, layout, fpar, meta, X, T, labels, use_labels, n, training, rng):
-    # forward through every layer and the loss; returns the mean loss of the n rows
-    inp = hidden_forward(params, ws, layout, fpar, X, n, training, rng)
+def loss_forward_all(params, nstate, ws, layout, fpar, meta, X, T, labels, use_labels, sw, n, training, rng):
+    # forward through every layer and the loss; returns the (weighted) mean loss of the n rows
+    inp = hidden_forward(params, nstate, ws, layout, fpar, X, n, training, rng)
     L = layout.shape[0] - 1
     k = layout[L, N_OUT]
     W, b = layer_params(params, layout, L)
     Z = view2(ws, layout[L, Z_OFF], n, k)
     P = view2(ws, layout[L, A_OFF], n, k)
     gemm(False, False, 1.0, inp, W, 0.0, Z)
-    return loss_forward(meta[LOSS], P, Z, b, T, labels, use_labels)
+    return loss_forward(meta[LOSS], P, Z, b, T, labels, use_labels, sw)
 
 
 @njit(**JIT)
-def backward_all(grads, params, ws, layout, fpar, meta, X, T, labels, use_labels, n):
+def l2_penalty(params, layout, alpha, n):
+    # alpha / (2 n) * sum of every W^2 (biases and norm parameters excluded, as scikit-learn)
+    s = 0.0
+    for l in range(layout.shape[0]):
+        W_off = layout[l, W_OFF]
+        s += sq_sum(params[W_off:W_off + layout[l, N_IN] * layout[l, N_OUT]])
+    return 0.5 * alpha * s / n
+
+
+@njit(**JIT)
+def backward_all(grads, params, ws, layout, fpar, meta, X, T, labels, use_labels, sw, n, l2):
     # after loss_forward_all(training=True): grads (same layout as params) <- d loss / d params
+    # (overwritten, not accumulated); with l2 = alpha > 0, dW also gets alpha/n W
     L = layout.shape[0] - 1
     cur, other = meta[G0_OFF], meta[G1_OFF]
     k = layout[L, N_OUT]
     dZ = view2(ws, cur, n, k)
     P = view2(ws, layout[L, A_OFF], n, k)
     dW, db = layer_params(grads, layout, L)
-    loss_backward(meta[LOSS], dZ, db, P, T, labels, use_labels)
+    loss_backward(meta[LOSS], dZ, db, P, T, labels, use_labels, sw)
     for l in range(L, -1, -1):
         n_in = layout[l, N_IN]
         W, _ = layer_params(params, layout, l)
         dW, _ = layer_params(grads, layout, l)
         inp = X if l == 0 else view2(ws, layout[l - 1, D_OFF], n, n_in)
-        gemm(True, False, 1.0, inp, dZ, 0.0, dW)              # dW = X^T dZ
+        if l2 > 0.0:
+            c = l2 / n
+            for i in range(n_in):
+                for j in range(dW.shape[1]):
+                    dW[i, j] = c * W[i, j]
+            gemm(True, False, 1.0, inp, dZ, 1.0, dW)          # dW = X^T dZ + alpha/n W
+        else:
+            gemm(True, False, 1.0, inp, dZ, 0.0, dW)          # dW = X^T dZ
         if l == 0:
             break
         dA = view2(ws, other, n, n_in)
         gemm(False, True, 1.0, dZ, W, 0.0, dA)                # dX = dZ W^T
-        if fpar[l - 1, DROP] > 0.0:
-            dropout_backward(dA, dA, view2(ws, layout[l - 1, M_OFF], n, n_in))
-        _, db = layer_params(grads, layout, l - 1)
-        A = view2(ws, layout[l - 1, A_OFF], n, n_in)
-        Z = view2(ws, layout[l - 1, Z_OFF], n, n_in)
-        activation_backward(layout[l - 1, ACT], dA, db, dA, A, Z, fpar[l - 1, ALPHA])  # dZ = dA f'
+        h = l - 1
+        if fpar[h, DROP] > 0.0:
+            dropout_backward(dA, dA, view2(ws, layout[h, M_OFF], n, n_in))
+        _, db = layer_params(grads, layout, h)
+        A = view2(ws, layout[h, A_OFF], n, n_in)
+        Z = view2(ws, layout[h, Z_OFF], n, n_in)
+        norm = layout[h, NORM]
+        if norm != NO_NORM:
+            dbeta = vec(grads, layout[h, BE_OFF], n_in)
+            activation_backward(layout[h, ACT], dA, dbeta, dA, A, Z, fpar[h, ALPHA])  # dY = dA f'
+            norm_backward(norm, dA, db, vec(grads, layout[h, G_OFF], n_in), view2(ws, layout[h, XH_OFF], n, n_in),
+                          vec(params, layout[h, G_OFF], n_in), vec(ws, layout[h, RS_OFF], max(n, n_in)))
+        else:
+            activation_backward(layout[h, ACT], dA, db, dA, A, Z, fpar[h, ALPHA])  # dZ = dA f'
         dZ = dA
         cur, other = other, cur
 
 
 @njit(**JIT)
-def train_batch(params, grads, ws, layout, fpar, meta, rng, X, T, labels, use_labels, n,
-                opt_kind, s1, s2, s3, hp, step):
-    """One step on rows 0..n of X/T/labels. Returns (loss, status); the update is
-    applied only when the loss and every gradient are finite (status OK)."""
-    loss = loss_forward_all(params, ws, layout, fpar, meta, X, T, labels, use_labels, n, True, rng)
+def train_batch(params, grads, nstate, ws, layout, fpar, meta, rng, X, T, labels, use_labels, sw, n,
+                opt_kind, s1, s2, s3, hp, step, ctl, tstats, pprev):
+    """One step on rows 0..n of X/T/labels/sw. Returns (loss, status); the update is
+    applied only when the loss and every gradient are finite (status OK).
+
+    With ctl[CLIP] > 0 the gradients are scaled by min(1, clip / (norm + 1e-6)) inside
+    the update (torch's clip_grad_norm_). With ctl[TRACK], tstats[l] accumulates
+    layer l's gradient norm (before clipping) and ||update|| / ||W, b|| over batches
+    (pprev (P,) is scratch for the parameters before the update)."""
+    l2 = ctl[L2]
+    loss = loss_forward_all(params, nstate, ws, layout, fpar, meta, X, T, labels, use_labels, sw, n, True, rng)
+    if l2 > 0.0:
+        loss += l2_penalty(params, layout, l2, n)
     if not np.isfinite(loss):
         return loss, BAD_LOSS
-    backward_all(grads, params, ws, layout, fpar, meta, X, T, labels, use_labels, n)
-    if not all_finite(grads):
+    backward_all(grads, params, ws, layout, fpar, meta, X, T, labels, use_labels, sw, n, l2)
+    clip = ctl[CLIP]
+    track = ctl[TRACK] != 0.0
+    gscale = 1.0
+    if clip > 0.0 or track:
+        total = 0.0
+        for l in range(layout.shape[0]):
+            s = sq_sum(grads[layout[l, W_OFF]:layout[l, P_END]])
+            total += s
+            if track:
+                tstats[l, 0] += np.sqrt(s)
+        if not np.isfinite(total):
+            return loss, BAD_GRAD
+        if clip > 0.0:
+            gscale = min(1.0, clip / (np.sqrt(total) + 1e-6))
+    elif not all_finite(grads):
         return loss, BAD_GRAD
+    if track:
+        pprev[:] = params
     step[0] += 1
-    optimizer_update(opt_kind, params, grads, s1, s2, s3, hp, step[0])
+    optimizer_update(opt_kind, params, grads, s1, s2, s3, hp, step[0], gscale)
+    if track:
+        for l in range(layout.shape[0]):
+            a, e = layout[l, W_OFF], layout[l, P_END]
+            d = diff_sq_sum(params[a:e], pprev[a:e])
+            p = sq_sum(params[a:e])
+            tstats[l, 1] += np.sqrt(d / p) if p > 0.0 else 0.0
     return loss, OK
 
 
 @njit(**JIT)
-def train_epoch(params, grads, ws, layout, fpar, meta, rng, X, T, labels, use_labels,
-                perm, shuffle, batch_size, opt_kind, s1, s2, s3, hp, step, Xb, Tb, Lb, losses):
-    """Mini-batches of ``batch_size`` rows in the order ``perm`` (if ``shuffle``)
-    or as stored; the last batch may be short. Shuffled rows are gathered into the
-    preallocated Xb/Tb/Lb; unshuffled batches are views of X. losses[i] gets batch
-    i's loss. Returns (batches done, status); it stops at the first non-OK batch."""
+def train_epoch(params, grads, nstate, ws, layout, fpar, meta, rng, X, T, labels, use_labels, sw,
+                perm, shuffle, batch_size, b0, b1, opt_kind, s1, s2, s3, hp, step, Xb, Tb, Lb, Wb,
+                stats, ctl, tstats, pprev):
+    """Mini-batches b0..b1-1 of an epoch of ``batch_size`` rows, in the order ``perm``
+    (if ``shuffle``) or as stored; the last batch may be short. Shuffled rows are
+    gathered into the preallocated Xb/Tb/Lb/Wb; unshuffled batches are views of X.
+    stats[i] gets batch i's loss and its number of correct predictions (see
+    losses.correct_count). Returns (next batch, status); it stops at the first
+    non-OK batch and returns that batch's index."""
     N = X.shape[0]
-    n_batches = (N + batch_size - 1) // batch_size
     d = X.shape[1]
-    for bi in range(n_batches):
+    L = layout.shape[0] - 1
+    weighted = sw.shape[0] != 0
+    for bi in range(b0, b1):
         s = bi * batch_size
         e = min(N, s + batch_size)
         n = e - s
@@ -163,36 +247,50 @@ def train_epoch(params, grads, ws, layout, fpar, meta, rng, X, T, labels, use_la
                 else:
                     for j in range(T.shape[1]):
                         Tb[r, j] = T[src, j]
-            xb, tb, lb = Xb[:n], Tb[:n], Lb[:n]
+                if weighted:
+                    Wb[r] = sw[src]
+            xb, tb, lb, wb = Xb[:n], Tb[:n], Lb[:n], Wb[:n] if weighted else sw
         else:
-            xb, tb, lb = X[s:e], T[s:e], labels[s:e]
-        loss, status = train_batch(params, grads, ws, layout, fpar, meta, rng, xb, tb, lb,
-                                   use_labels, n, opt_kind, s1, s2, s3, hp, step)
-        losses[bi] = loss
+            xb, tb, lb, wb = X[s:e], T[s:e], labels[s:e], sw[s:e] if weighted else sw
+        loss, status = train_batch(params, grads, nstate, ws, layout, fpar, meta, rng, xb, tb, lb,
+                                   use_labels, wb, n, opt_kind, s1, s2, s3, hp, step, ctl, tstats, pprev)
+        stats[bi, 0] = loss
         if status != OK:
             return bi, status
-    return n_batches, OK
+        P = view2(ws, layout[L, A_OFF], n, layout[L, N_OUT])
+        stats[bi, 1] = correct_count(meta[LOSS], P, tb, lb, use_labels)
+    return b1, OK
 
 
 @njit(**JIT)
-def predict_all(out, params, ws, layout, fpar, meta, rng, X, batch_size):
+def predict_all(out, params, nstate, ws, layout, fpar, meta, rng, X, batch_size):
     # out (N, k_out) <- network output for every row of X, batch_size rows at a time
     N = X.shape[0]
     for s in range(0, N, batch_size):
         e = min(N, s + batch_size)
-        P = predict_forward(params, ws, layout, fpar, meta, rng, X[s:e], e - s)
+        P = predict_forward(params, nstate, ws, layout, fpar, meta, rng, X[s:e], e - s)
         out[s:e] = P
 
 
 @njit(**JIT)
-def loss_all(params, ws, layout, fpar, meta, rng, X, T, labels, use_labels, batch_size, out):
-    # mean loss over all rows (inference mode), and out (N, k_out) <- predictions
+def loss_all(params, nstate, ws, layout, fpar, meta, rng, X, T, labels, use_labels, sw, batch_size, out):
+    # (weighted) mean loss over all rows (inference mode), and out (N, k_out) <- predictions
     N = X.shape[0]
+    weighted = sw.shape[0] != 0
     total = 0.0
+    wtotal = 0.0
     for s in range(0, N, batch_size):
         e = min(N, s + batch_size)
         n = e - s
-        total += n * loss_forward_all(params, ws, layout, fpar, meta, X[s:e], T[s:e], labels[s:e],
-                                      use_labels, n, False, rng)
+        wb = sw[s:e] if weighted else sw
+        wsum = 0.0
+        if weighted:
+            for i in range(n):
+                wsum += wb[i]
+        else:
+            wsum = n
+        total += wsum * loss_forward_all(params, nstate, ws, layout, fpar, meta, X[s:e], T[s:e], labels[s:e],
+                                         use_labels, wb, n, False, rng)
+        wtotal += wsum
         out[s:e] = view2(ws, layout[layout.shape[0] - 1, A_OFF], n, out.shape[1])
-    return total / N
+    return total / wtotal if wtotal > 0.0 else 0.0

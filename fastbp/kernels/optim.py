@@ -6,7 +6,9 @@ documented algorithms (L2 added to the gradient for SGD, Adam and RMSprop;
 decoupled decay for AdamW). As in torch.optim, the arithmetic is done in the
 parameters' precision (hyper-parameters are rounded to it once per call; the
 bias corrections are computed in float64 first), so float32 runs 16 lanes wide.
-``t`` is the 1-based step count *including* this step.
+``t`` is the 1-based step count *including* this step. ``gscale`` multiplies
+every gradient as it is read (gradient clipping by global norm, fused into the
+update: 1.0 when not clipping).
 """
 
 import numpy as np
@@ -19,13 +21,14 @@ SGD, ADAM, RMSPROP = range(3)
 
 
 @njit(**JIT)
-def sgd_update(p, g, buf, t, lr, momentum, dampening, weight_decay, nesterov):
+def sgd_update(p, g, buf, t, lr, momentum, dampening, weight_decay, nesterov, gscale):
     # p, g, buf (P,)
-    # d = g + wd p;  buf = d (t = 1) else mu buf + (1 - damp) d;
+    # d = s g + wd p;  buf = d (t = 1) else mu buf + (1 - damp) d;
     # d = d + mu buf (nesterov) else buf;  p -= lr d
     lr_, mu, damp, wd = like(lr, p), like(momentum, p), like(1.0 - dampening, p), like(weight_decay, p)
+    gs = like(gscale, p)
     for i in range(p.shape[0]):
-        d = g[i] + wd * p[i]
+        d = gs * g[i] + wd * p[i]
         if momentum != 0.0:
             bi = d if t == 1 else mu * buf[i] + damp * d
             buf[i] = bi
@@ -34,7 +37,7 @@ def sgd_update(p, g, buf, t, lr, momentum, dampening, weight_decay, nesterov):
 
 
 @njit(**JIT)
-def adam_update(p, g, m, v, vmax, t, lr, beta1, beta2, eps, weight_decay, decoupled, amsgrad):
+def adam_update(p, g, m, v, vmax, t, lr, beta1, beta2, eps, weight_decay, decoupled, amsgrad, gscale):
     # p, g, m, v (P,); vmax (P,) if amsgrad else unused
     # Adam:  g += wd p.   AdamW: p *= 1 - lr wd.
     # m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;  vhat = max(vmax, v) if amsgrad else v
@@ -43,9 +46,10 @@ def adam_update(p, g, m, v, vmax, t, lr, beta1, beta2, eps, weight_decay, decoup
     step_size = like(lr / (1.0 - beta1 ** t), p)
     inv_sqrt_bc2 = like(1.0 / np.sqrt(1.0 - beta2 ** t), p)
     eps_, wd, decay = like(eps, p), like(weight_decay, p), like(1.0 - lr * weight_decay, p)
+    gs = like(gscale, p)
     for i in range(p.shape[0]):
         pi = p[i]
-        gi = g[i]
+        gi = gs * g[i]
         if decoupled:
             pi = pi * decay
         else:
@@ -61,14 +65,14 @@ def adam_update(p, g, m, v, vmax, t, lr, beta1, beta2, eps, weight_decay, decoup
 
 
 @njit(**JIT)
-def rmsprop_update(p, g, sq, gavg, buf, lr, alpha, eps, weight_decay, momentum, centered):
+def rmsprop_update(p, g, sq, gavg, buf, lr, alpha, eps, weight_decay, momentum, centered, gscale):
     # p, g, sq (P,); gavg (P,) if centered; buf (P,) if momentum > 0
     # g += wd p;  sq = a sq + (1-a) g^2;  avg = sqrt(sq - gavg^2) (centered) or sqrt(sq), + eps
     # buf = mu buf + g / avg, p -= lr buf (momentum)  or  p -= lr g / avg
     a, c, eps_, wd = like(alpha, p), like(1.0 - alpha, p), like(eps, p), like(weight_decay, p)
-    lr_, mu = like(lr, p), like(momentum, p)
+    lr_, mu, gs = like(lr, p), like(momentum, p), like(gscale, p)
     for i in range(p.shape[0]):
-        gi = g[i] + wd * p[i]
+        gi = gs * g[i] + wd * p[i]
         si = a * sq[i] + c * (gi * gi)
         sq[i] = si
         if centered:
@@ -83,15 +87,16 @@ def rmsprop_update(p, g, sq, gavg, buf, lr, alpha, eps, weight_decay, momentum, 
 
 
 @njit(**JIT)
-def optimizer_update(kind, p, g, s1, s2, s3, hp, t):
+def optimizer_update(kind, p, g, s1, s2, s3, hp, t, gscale):
     """Dispatch on ``kind``; ``hp`` holds the hyper-parameters in the order the
     Python optimizer classes document, s1..s3 the state buffers they allocate."""
     if kind == SGD:
-        sgd_update(p, g, s1, t, hp[0], hp[1], hp[2], hp[3], hp[4] != 0.0)
+        sgd_update(p, g, s1, t, hp[0], hp[1], hp[2], hp[3], hp[4] != 0.0, gscale)
     elif kind == ADAM:
-        adam_update(p, g, s1, s2, s3, t, hp[0], hp[1], hp[2], hp[3], hp[4], hp[5] != 0.0, hp[6] != 0.0)
+        adam_update(p, g, s1, s2, s3, t, hp[0], hp[1], hp[2], hp[3], hp[4], hp[5] != 0.0, hp[6] != 0.0,
+                    gscale)
     else:
-        rmsprop_update(p, g, s1, s2, s3, hp[0], hp[1], hp[2], hp[3], hp[4], hp[5] != 0.0)
+        rmsprop_update(p, g, s1, s2, s3, hp[0], hp[1], hp[2], hp[3], hp[4], hp[5] != 0.0, gscale)
 
 
 @njit(**dict(JIT, fastmath={"reassoc"}))
@@ -102,3 +107,23 @@ def all_finite(x):
     for i in range(x.shape[0]):
         s += 0.0 * x[i]
     return s == 0.0
+
+
+@njit(**dict(JIT, fastmath={"reassoc"}))
+def sq_sum(x):
+    # sum of squares in float64 ('reassoc' lets it vectorise); NaN/inf give NaN/inf
+    s = 0.0
+    for i in range(x.shape[0]):
+        v = np.float64(x[i])
+        s += v * v
+    return s
+
+
+@njit(**dict(JIT, fastmath={"reassoc"}))
+def diff_sq_sum(a, b):
+    # sum of (a - b)^2 in float64
+    s = 0.0
+    for i in range(a.shape[0]):
+        v = np.float64(a[i]) - np.float64(b[i])
+        s += v * v
+    return s
