@@ -8,7 +8,11 @@ import numba as _numba
 from ._blas import BLAS_INFO, get_blas_threads, set_blas_threads
 from .errors import (DataFileError, DivergenceError, FastbpError, InputError, ModelFileError,
                      ModelNotFoundError)
+from . import callbacks, schedules
+from .callbacks import CSVLogger, EarlyStopping, LambdaCallback, ModelCheckpoint, TerminateOnNaN
 from .network import History, Network
+from .schedules import (Constant, CosineAnnealing, ExponentialDecay, InverseScaling, ReduceLROnPlateau,
+                        StepDecay)
 from .optim import SGD, Adam, AdamW, Optimizer, RMSprop
 
 __version__ = "0.1.0"
@@ -30,6 +34,8 @@ def get_num_threads():
     return get_blas_threads()
 
 
-__all__ = ["Network", "History", "SGD", "Adam", "AdamW", "RMSprop", "Optimizer", "set_num_threads",
+__all__ = ["Network", "History", "callbacks", "schedules", "EarlyStopping", "ModelCheckpoint", "CSVLogger",
+           "TerminateOnNaN", "LambdaCallback", "Constant", "StepDecay", "ExponentialDecay", "CosineAnnealing",
+           "InverseScaling", "ReduceLROnPlateau", "SGD", "Adam", "AdamW", "RMSprop", "Optimizer", "set_num_threads",
            "get_num_threads", "FastbpError", "InputError", "ModelFileError", "ModelNotFoundError",
            "DivergenceError", "DataFileError", "BLAS_INFO", "__version__"]

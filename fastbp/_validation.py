@@ -107,3 +107,53 @@ def check_choice(v, name, choices):
     return v
 
 
+
+def check_sample_weight(sw, n, dtype, name="sample_weight", x_name="X"):
+    """sample_weight -> C-contiguous (n,) array of ``dtype``, finite, >= 0, not all zero."""
+    sw = _as_array(sw, name)
+    check_numeric(sw, name)
+    if sw.ndim != 1 or sw.shape[0] != n:
+        raise InputError(f"{name} must be 1-D with one weight per row of {x_name} ({n}), got shape {sw.shape}")
+    sw = np.ascontiguousarray(sw, dtype=dtype)
+    if not sw.flags.writeable:
+        sw = sw.copy()
+    if not finite(sw):
+        raise InputError(f"{name} contains NaN or inf")
+    if sw.min() < 0:
+        raise InputError(f"{name} must be >= 0, got a minimum of {sw.min()}")
+    if not sw.any():
+        raise InputError(f"{name} is zero for every row, so there is nothing to fit")
+    return sw
+
+
+def class_weights_per_row(class_weight, loss_code, T, labels, use_labels, n_out):
+    """Per-row weights (float64) from ``class_weight``: a dict {class: weight} or "balanced"
+    (n / (n_classes * count), as scikit-learn). Classes are label indices for softmax outputs
+    and 0/1 for a single sigmoid output."""
+    if loss_code == SOFTMAX_CE:
+        y = labels if use_labels else T.argmax(axis=1)
+        n_classes = n_out
+    elif loss_code == SIGMOID_BCE and n_out == 1:
+        y = (T[:, 0] > 0.5).astype(np.int64)
+        n_classes = 2
+    else:
+        raise InputError("class_weight needs a classifier (softmax output, or one sigmoid output); "
+                         "use sample_weight for regression or multi-label targets")
+    if isinstance(class_weight, str):
+        if class_weight != "balanced":
+            raise InputError(f"class_weight must be a dict or 'balanced', got {class_weight!r}")
+        counts = np.bincount(y, minlength=n_classes).astype(np.float64)
+        present = counts > 0
+        table = np.zeros(n_classes)
+        table[present] = y.shape[0] / (present.sum() * counts[present])
+    elif isinstance(class_weight, dict):
+        table = np.ones(n_classes)
+        for c, w in class_weight.items():
+            if isinstance(c, bool) or not isinstance(c, numbers.Integral) or not 0 <= c < n_classes:
+                raise InputError(f"class_weight has the class {c!r}; classes are 0..{n_classes - 1}")
+            if isinstance(w, bool) or not isinstance(w, numbers.Real) or not np.isfinite(w) or w < 0:
+                raise InputError(f"class_weight[{c}] must be a finite number >= 0, got {w!r}")
+            table[c] = float(w)
+    else:
+        raise InputError(f"class_weight must be a dict {{class: weight}} or 'balanced', got {class_weight!r}")
+    return table[y]

@@ -7,22 +7,31 @@ import json
 import math
 import numbers
 import os
+import signal
+import sys
 import tempfile
+import threading
 import time
+import warnings
 
 import numpy as np
 
 from . import _buffers
-from ._validation import check_choice, check_positive_int, check_targets, check_X
+from ._validation import (check_choice, check_positive_int, check_sample_weight, check_targets, check_X,
+                          class_weights_per_row)
+from .callbacks import Callback
 from .errors import DivergenceError, InputError, ModelFileError, ModelNotFoundError
 from .kernels import network as K
 from .kernels.activations import ACTIVATIONS, ALIASES, DEFAULT_ALPHA, RELU_LIKE
 from .kernels.losses import DEFAULT_LOSS, PAIRS, SIGMOID_BCE, SOFTMAX_CE
+from .kernels.norm import BATCH_NORM, NO_NORM, NORMS
 from .optim import Optimizer, from_config, get_optimizer
+from .schedules import Schedule, check_rates, check_schedule
 
 FORMAT = "fastbp.Network"
 FORMAT_VERSION = 1
 PREDICT_BATCH = 1024
+CHUNK_SECONDS = 0.1   # fit hands control back to Python about this often (progress, Ctrl-C)
 _STATUS_TEXT = {K.BAD_LOSS: "the training loss", K.BAD_GRAD: "a gradient"}
 
 
@@ -52,6 +61,89 @@ def _as_list(v):
         return None
 
 
+def _float_in(name, v, lo, hi, lo_open=False):
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise InputError(f"{name} must be a number, got {v!r}")
+    f = float(v)
+    if not math.isfinite(f) or (f <= lo if lo_open else f < lo) or f > hi:
+        raise InputError(f"{name} must be a finite number in {'(' if lo_open else '['}{lo}, {hi}], got {v!r}")
+    return f
+
+
+def _isatty(stream):
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+class _InterruptFlag:
+    """Within ``with``: the first Ctrl-C sets ``flag`` (fit stops after the running batches);
+    a second one interrupts at once. Only in the main thread (signals go there)."""
+
+    def __init__(self):
+        self.flag = False
+        self._old = None
+
+    def _handler(self, signum, frame):
+        if self.flag:
+            raise KeyboardInterrupt
+        self.flag = True
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            try:
+                self._old = signal.signal(signal.SIGINT, self._handler)
+            except (ValueError, OSError):
+                self._old = None
+        return self
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+        return False
+
+
+class _Progress:
+    """verbose=1: a tqdm bar per epoch (samples/s, loss, ETA); verbose=2: a line per epoch."""
+
+    def __init__(self, verbose, n, epochs):
+        self.verbose, self.n, self.epochs, self.bar = verbose, n, epochs, None
+        self._tqdm = None
+        if verbose == 1:
+            try:
+                from tqdm.auto import tqdm
+                self._tqdm = tqdm
+            except ImportError:
+                warnings.warn("verbose=1 needs tqdm (pip install tqdm); printing one line per epoch instead",
+                              UserWarning, stacklevel=3)
+                self.verbose = 2
+
+    def start(self, epoch):
+        if self._tqdm is not None:
+            self.bar = self._tqdm(total=self.n, desc=f"epoch {epoch + 1}/{self.epochs}", unit=" samples",
+                                  unit_scale=True, leave=True, file=sys.stderr, dynamic_ncols=True)
+
+    def update(self, samples, loss):
+        if self.bar is not None:
+            self.bar.update(samples)
+            self.bar.set_postfix_str(f"loss {loss:.4g}", refresh=False)
+
+    def end(self, epoch, logs, seconds):
+        text = " - ".join(f"{k}: {v:.4g}" for k, v in logs.items())
+        if self.bar is not None:
+            self.bar.set_postfix_str(text, refresh=True)
+            self.close()
+        elif self.verbose == 2:
+            print(f"epoch {epoch + 1}/{self.epochs} - {seconds:.2f}s - {self.n / seconds:,.0f} samples/s - {text}",
+                  flush=True)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
 def _dtype(dtype):
     try:
         dt = np.dtype(dtype)
@@ -77,15 +169,23 @@ class Network:
         Must pair with ``output``; by default cross_entropy, binary_cross_entropy, mse.
     dtype : float32 (default) or float64
     seed : int
-        Seeds the initial weights, the shuffling and the dropout masks.
+        Seeds the initial weights, the shuffling, the dropout masks and ``validation_split``.
     dropout : float or sequence of float
         Drop probability per hidden layer (inverted dropout, training only).
     init : {"auto", "he", "glorot"}
         "auto": He normal for relu-like layers, Glorot uniform otherwise. Biases start at 0.
+    norm : None, "batch", "layer", or one per hidden layer
+        Normalization between each hidden layer's matrix product and its activation:
+        batch norm (batch statistics in training, running statistics at inference) or
+        layer norm, with a learned scale gamma (starts at 1) and shift beta (starts at 0).
+    norm_momentum, norm_eps : float
+        Batch norm's running-statistics momentum and both norms' epsilon (PyTorch's
+        defaults, 0.1 and 1e-5).
     """
 
     def __init__(self, layer_sizes, activation="relu", output="softmax", loss=None,
-                 dtype=np.float32, seed=0, dropout=0.0, init="auto"):
+                 dtype=np.float32, seed=0, dropout=0.0, init="auto", norm=None, norm_momentum=0.1,
+                 norm_eps=1e-5):
         sizes = _as_list(layer_sizes)
         if (not sizes or len(sizes) < 2 or
                 any(isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1 for s in sizes)):
@@ -117,20 +217,37 @@ class Network:
                              f"({n_hidden}), got {dropout!r}")
         self.dropout = [float(p) for p in drops]
         self.init = check_choice(init, "init", {"auto", "he", "glorot"})
+        norms = [norm] * n_hidden if norm is None or isinstance(norm, str) else _as_list(norm)
+        if norms is None or len(norms) != n_hidden:
+            raise InputError(f"norm must be None, 'batch', 'layer' or one per hidden layer ({n_hidden}), "
+                             f"got {norm!r}")
+        self.norm = [None if check_choice(v, "norm", NORMS) in (None, "none") else v for v in norms]
+        self.norm_momentum = _float_in("norm_momentum", norm_momentum, 0.0, 1.0)
+        self.norm_eps = _float_in("norm_eps", norm_eps, 0.0, math.inf, lo_open=True)
 
         self._act_codes = [ACTIVATIONS[a] for a in self.activations]
         self._alphas = [DEFAULT_ALPHA.get(c, 0.0) for c in self._act_codes]
-        self._param_offs, n_params = _buffers.param_layout(self.layer_sizes, self.dtype)
+        self._norm_codes = [NORMS[v] for v in self.norm]
+        self._param_offs, n_params = _buffers.param_layout(self.layer_sizes, self.dtype, self._norm_codes)
+        self._state_offs, n_state = _buffers.state_layout(self.layer_sizes, self._norm_codes, self.dtype)
         self.params = _buffers.aligned_zeros(n_params, self.dtype)
         self.grads = _buffers.aligned_zeros(n_params, self.dtype)
+        self.norm_state = _buffers.aligned_zeros(n_state, self.dtype)
         self._workspaces = {}
         self._no_T = np.zeros((0, self.n_outputs), self.dtype)
         self._no_labels = np.zeros(0, np.int64)
-        init_ss, shuffle_ss, drop_ss = np.random.SeedSequence(self.seed).spawn(3)
+        self._no_weights = np.zeros(0, self.dtype)
+        self._no_pprev = np.zeros(0, self.dtype)
+        self._ctl = np.zeros(3, np.float64)
+        self._tstats = np.zeros((len(self.layer_sizes) - 1, 2), np.float64)
+        self._l2 = 0.0          # scikit-learn's alpha (used by fastbp.sklearn)
+        init_ss, shuffle_ss, drop_ss, split_ss = np.random.SeedSequence(self.seed).spawn(4)
         self._shuffle_rng = np.random.default_rng(shuffle_ss)
+        self._split_seed = split_ss
         self._rng = np.array([drop_ss.generate_state(1, np.uint64)[0]], np.uint64)
         self.optimizer = None
         self.history = None
+        self.stop_training = False
         self._init_weights(np.random.default_rng(init_ss))
 
     # ---- structure ----------------------------------------------------------------------
@@ -144,23 +261,37 @@ class Network:
 
     @property
     def n_params(self):
-        """Number of weights and biases (without alignment padding)."""
-        return sum(a * b + b for a, b in zip(self.layer_sizes[:-1], self.layer_sizes[1:]))
+        """Number of trained parameters (without alignment padding)."""
+        return sum(a * b + b for a, b in zip(self.layer_sizes[:-1], self.layer_sizes[1:])) + sum(
+            2 * k for k, c in zip(self.layer_sizes[1:-1], self._norm_codes) if c != NO_NORM)
 
     def _views(self, flat):
+        """Per layer (W, b), or (W, b, gamma, beta) with a norm: views into ``flat``."""
         out = []
-        for (w, b), n_in, n_out in zip(self._param_offs, self.layer_sizes[:-1], self.layer_sizes[1:]):
-            out.append((flat[w:w + n_in * n_out].reshape(n_in, n_out), flat[b:b + n_out]))
+        for (w, b, g, be, _), n_in, n_out in zip(self._param_offs, self.layer_sizes[:-1], self.layer_sizes[1:]):
+            views = (flat[w:w + n_in * n_out].reshape(n_in, n_out), flat[b:b + n_out])
+            if g >= 0:
+                views += (flat[g:g + n_out], flat[be:be + n_out])
+            out.append(views)
+        return out
+
+    def _state_views(self):
+        """Per hidden layer (running_mean, running_var) for batch norm, else ()."""
+        out = []
+        for (m, v), k in zip(self._state_offs, self.layer_sizes[1:-1]):
+            out.append((self.norm_state[m:m + k], self.norm_state[v:v + k]) if m >= 0 else ())
+        out.append(())
         return out
 
     @property
     def layers(self):
         """[(W, b), ...] views into the flat parameter buffer (writing them changes the network)."""
-        return self._views(self.params)
+        return [v[:2] for v in self._views(self.params)]
 
     def _init_weights(self, rng):
         n_layers = len(self.layer_sizes) - 1
-        for l, (W, b) in enumerate(self.layers):
+        for l, views in enumerate(self._views(self.params)):
+            W, b = views[:2]
             n_in, n_out = W.shape
             relu_like = l < n_layers - 1 and self._act_codes[l] in RELU_LIKE
             if self.init == "he" or (self.init == "auto" and relu_like):
@@ -169,13 +300,20 @@ class Network:
                 lim = math.sqrt(6.0 / (n_in + n_out))
                 W[...] = rng.uniform(-lim, lim, (n_in, n_out))
             b[...] = 0.0
+            if len(views) == 4:
+                views[2][...] = 1.0
+                views[3][...] = 0.0
+        for stats in self._state_views():
+            if stats:
+                stats[0][...] = 0.0
+                stats[1][...] = 1.0
 
     def _workspace(self, batch_size):
         ws = self._workspaces.get(batch_size)
         if ws is None:
             layout, fpar, (g0, g1), size = _buffers.build_layout(
                 self.layer_sizes, self._act_codes, self._alphas, self.dropout, self._param_offs,
-                batch_size, self.dtype)
+                batch_size, self.dtype, self._norm_codes, (self.norm_momentum, self.norm_eps), self._state_offs)
             meta = np.array([self._loss_code, g0, g1], np.int64)
             ws = (_buffers.aligned_zeros(size, self.dtype), layout, fpar, meta)
             self._workspaces[batch_size] = ws
@@ -183,8 +321,15 @@ class Network:
 
     def __repr__(self):
         acts = self.activations[0] if len(set(self.activations)) == 1 else self.activations
+        extra = ""
+        if any(self.norm):
+            extra = f", norm={self.norm[0] if len(set(self.norm)) == 1 else self.norm!r}"
         return (f"Network({self.layer_sizes}, activation={acts!r}, output={self.output!r}, "
-                f"loss={self.loss!r}, dtype={self.dtype.name})")
+                f"loss={self.loss!r}, dtype={self.dtype.name}{extra})")
+
+    @property
+    def is_classifier(self):
+        return self._loss_code in (SOFTMAX_CE, SIGMOID_BCE)
 
     # ---- validation helpers -----------------------------------------------------------------
     def _check_xy(self, X, y, names=("X", "y")):
@@ -192,6 +337,18 @@ class Network:
         T, labels, use_labels = check_targets(y, self._loss_code, self.n_outputs, X.shape[0], self.dtype,
                                               name=names[1], x_name=names[0])
         return X, (T if T is not None else self._no_T), (labels if labels is not None else self._no_labels), use_labels
+
+    def _check_xyw(self, X, y, sample_weight=None, class_weight=None, names=("X", "y", "sample_weight")):
+        X, T, labels, use_labels = self._check_xy(X, y, names[:2])
+        sw = self._no_weights
+        if sample_weight is not None:
+            sw = check_sample_weight(sample_weight, X.shape[0], self.dtype, name=names[2], x_name=names[0])
+        if class_weight is not None:
+            cw = class_weights_per_row(class_weight, self._loss_code, T, labels, use_labels, self.n_outputs)
+            sw = (cw if sw.shape[0] == 0 else cw * sw).astype(self.dtype)
+            if not sw.any():
+                raise InputError("class_weight (with sample_weight) gives every row the weight 0")
+        return X, T, labels, use_labels, sw
 
     def _kernel_optimizer(self, optimizer):
         opt = get_optimizer(optimizer if optimizer is not None else (self.optimizer or "adam"))
@@ -206,84 +363,266 @@ class Network:
             f"or check the data scale.")
 
     # ---- training ------------------------------------------------------------------------------
-    def train_step(self, X, y, optimizer=None):
+    def train_step(self, X, y, optimizer=None, sample_weight=None):
         """One update on one batch (all rows of X); returns that batch's mean loss (before the update)."""
-        X, T, labels, use_labels = self._check_xy(X, y)
+        X, T, labels, use_labels, sw = self._check_xyw(X, y, sample_weight)
         opt, s1, s2, s3 = self._kernel_optimizer(optimizer)
         n = X.shape[0]
         ws, layout, fpar, meta = self._workspace(n)
-        loss, status = K.train_batch(self.params, self.grads, ws, layout, fpar, meta, self._rng, X, T, labels,
-                                     use_labels, n, opt.kind, s1, s2, s3, opt._hparams(), opt._step)
+        self._ctl[:] = (0.0, 0.0, self._l2)
+        loss, status = K.train_batch(self.params, self.grads, self.norm_state, ws, layout, fpar, meta, self._rng,
+                                     X, T, labels, use_labels, sw, n, opt.kind, s1, s2, s3, opt._hparams(),
+                                     opt._step, self._ctl, self._tstats, self._no_pprev)
         if status != K.OK:
             self._raise_diverged(status, loss, "train_step")
         return float(loss)
 
-    def loss_and_gradients(self, X, y):
-        """Mean loss of the batch and its gradients [(dW, db), ...] (copies), without updating.
-
-        Dropout, if set, is applied as in training.
-        """
-        X, T, labels, use_labels = self._check_xy(X, y)
+    def _loss_grad(self, X, T, labels, use_labels, sw):
         n = X.shape[0]
         ws, layout, fpar, meta = self._workspace(n)
-        loss = K.loss_forward_all(self.params, ws, layout, fpar, meta, X, T, labels, use_labels, n, True, self._rng)
-        K.backward_all(self.grads, self.params, ws, layout, fpar, meta, X, T, labels, use_labels, n)
-        return float(loss), [(dW.copy(), db.copy()) for dW, db in self._views(self.grads)]
+        loss = K.loss_forward_all(self.params, self.norm_state, ws, layout, fpar, meta, X, T, labels, use_labels,
+                                  sw, n, True, self._rng)
+        if self._l2 > 0:
+            loss += K.l2_penalty(self.params, layout, self._l2, n)
+        K.backward_all(self.grads, self.params, ws, layout, fpar, meta, X, T, labels, use_labels, sw, n, self._l2)
+        return float(loss)
+
+    def loss_and_gradients(self, X, y, sample_weight=None):
+        """Mean loss of the batch and its gradients, per layer (dW, db) or (dW, db, dgamma, dbeta)
+        (copies), without updating.
+
+        Dropout, if set, is applied as in training; batch norm uses the batch's statistics
+        (and, as in PyTorch's training mode, updates its running statistics).
+        """
+        X, T, labels, use_labels, sw = self._check_xyw(X, y, sample_weight)
+        loss = self._loss_grad(X, T, labels, use_labels, sw)
+        return loss, [tuple(a.copy() for a in v) for v in self._views(self.grads)]
 
     def fit(self, X, y, epochs=1, batch_size=32, optimizer=None, shuffle=True, validation_data=None,
-            verbose=0):
+            validation_split=0.0, verbose="auto", callbacks=None, schedule=None, initial_epoch=0,
+            sample_weight=None, class_weight=None, clip_norm=None, track_gradients=False):
         """Mini-batch training. Returns a :class:`History` (also kept as ``self.history``).
 
-        ``history["loss"]`` is each epoch's mean training loss over its batches (as
-        Keras reports it); with ``validation_data=(Xv, yv)`` also ``val_loss`` and, for
-        classifiers, ``val_accuracy``. ``optimizer`` defaults to the last one used,
-        else ``Adam()``. ``verbose=1`` prints one line per epoch.
+        Per epoch the history records ``loss`` (the mean of the epoch's batch losses, as
+        Keras), ``accuracy`` for classifiers (counted during the epoch), ``lr``, and with
+        validation ``val_loss``/``val_accuracy``; with ``track_gradients`` also each layer's
+        mean gradient norm ``grad_norm_<l>`` and mean ``update_ratio_<l>`` = ||update|| / ||params||.
+
+        Parameters
+        ----------
+        epochs : int
+            Index of the last epoch (as Keras): trains epochs ``initial_epoch .. epochs-1``.
+        optimizer : Optimizer or name, optional
+            Defaults to the last one used, else ``Adam()``.
+        validation_data : (X, y) or (X, y, sample_weight), optional
+        validation_split : float in (0, 1), optional
+            Holds out this fraction of the rows (stratified by class for classifiers,
+            seeded by the network's seed) when ``validation_data`` is not given.
+        verbose : "auto", 0, 1 or 2
+            1: a progress bar per epoch (tqdm) with samples/s, loss and ETA; 2: one line per
+            epoch; 0: silent. "auto": 1 when stderr is a terminal, else 0.
+        callbacks : list of Callback (see :mod:`fastbp.callbacks`); a Schedule in the list is
+            taken as ``schedule``.
+        schedule : Schedule, optional
+            Learning-rate schedule (see :mod:`fastbp.schedules`); it is attached to the optimizer
+            (and saved with it).
+        initial_epoch : int
+            Epoch to resume at (schedules and logs continue from it).
+        sample_weight : (n,) array, optional; class_weight : dict or "balanced", optional
+            The loss becomes sum(w l) / sum(w) per batch.
+        clip_norm : float, optional
+            Scale the gradients so that their global L2 norm is at most this (in the update pass).
+        track_gradients : bool
+            Record per-layer gradient norms and update ratios.
+
+        Ctrl-C stops training after the current batches (about 0.1 s of work), keeps the
+        weights and history so far, and warns.
         """
         epochs = check_positive_int(epochs, "epochs")
         batch_size = check_positive_int(batch_size, "batch_size")
-        X, T, labels, use_labels = self._check_xy(X, y)
+        if isinstance(initial_epoch, bool) or not isinstance(initial_epoch, numbers.Integral) or initial_epoch < 0:
+            raise InputError(f"initial_epoch must be an integer >= 0, got {initial_epoch!r}")
+        if verbose not in ("auto", 0, 1, 2) or isinstance(verbose, bool):
+            raise InputError(f"verbose must be 'auto', 0, 1 or 2, got {verbose!r}")
+        if clip_norm is not None:
+            clip_norm = _float_in("clip_norm", clip_norm, 0.0, math.inf, lo_open=True)
+        callbacks = list(callbacks or [])
+        for cb in callbacks:
+            if isinstance(cb, Schedule):
+                if schedule is not None and schedule is not cb:
+                    raise InputError("give a schedule either in callbacks or as schedule=, not both")
+                schedule = cb
+            elif not isinstance(cb, Callback):
+                raise InputError(f"callbacks must be fastbp.callbacks.Callback instances, got {cb!r}")
+        callbacks = [cb for cb in callbacks if not isinstance(cb, Schedule)]
+        check_schedule(schedule)
+        X, T, labels, use_labels, sw = self._check_xyw(X, y, sample_weight, class_weight)
         val = None
         if validation_data is not None:
-            try:
-                Xv, yv = validation_data
-            except (TypeError, ValueError):
-                raise InputError("validation_data must be a pair (X_val, y_val)") from None
-            val = self._check_xy(Xv, yv, names=("validation X", "validation y"))
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
+                raise InputError("validation_data must be a pair (X_val, y_val) or a triple "
+                                 "(X_val, y_val, sample_weight_val)")
+            vw = validation_data[2] if len(validation_data) == 3 else None
+            val = self._check_xyw(validation_data[0], validation_data[1], vw,
+                                  names=("validation X", "validation y", "validation sample_weight"))
+        elif validation_split:
+            if (isinstance(validation_split, bool) or not isinstance(validation_split, numbers.Real)
+                    or not 0.0 < validation_split < 1.0):
+                raise InputError(f"validation_split must be a fraction in (0, 1), got {validation_split!r}")
+            (X, T, labels, sw), val = self._split(X, T, labels, use_labels, sw, float(validation_split))
+        opt = get_optimizer(optimizer if optimizer is not None else (self.optimizer or "adam"))
+        if schedule is not None:
+            opt.schedule = schedule
+        if opt.schedule is not None:
+            check_rates(opt.schedule, opt.lr, initial_epoch, epochs)
+        keys = ["loss"] + (["accuracy"] if self.is_classifier else []) + ["lr"]
+        if val is not None:
+            keys += ["val_loss"] + (["val_accuracy"] if self.is_classifier else [])
+        if track_gradients:
+            for l in range(len(self.layer_sizes) - 1):
+                keys += [f"grad_norm_{l}", f"update_ratio_{l}"]
+        for obj in callbacks + ([opt.schedule] if opt.schedule is not None else []):
+            for m in obj.monitors():
+                if m not in keys:
+                    raise InputError(f"{type(obj).__name__} monitors {m!r}, which this fit does not record; "
+                                     f"it records {keys}")
+        if verbose == "auto":
+            verbose = 1 if _isatty(sys.stderr) else 0
+
+        opt, s1, s2, s3 = self._kernel_optimizer(opt)
         N, d = X.shape
         batch_size = min(batch_size, N)
-        opt, s1, s2, s3 = self._kernel_optimizer(optimizer)
         ws, layout, fpar, meta = self._workspace(batch_size)
         # per-fit buffers, reused by every epoch
         perm = np.arange(N, dtype=np.int64)
         Xb = np.empty((batch_size, d), self.dtype)
         Tb = np.empty((batch_size if not use_labels else 0, self.n_outputs), self.dtype)
         Lb = np.empty(batch_size if use_labels else 0, np.int64)
+        Wb = np.empty(batch_size if sw.shape[0] else 0, self.dtype)
         n_batches = (N + batch_size - 1) // batch_size
-        losses = np.zeros(n_batches, np.float64)
-        weights = np.full(n_batches, batch_size / N)
-        weights[-1] = (N - (n_batches - 1) * batch_size) / N
+        stats = np.zeros((n_batches, 2), np.float64)
+        sizes = np.full(n_batches, float(batch_size))
+        sizes[-1] = N - (n_batches - 1) * batch_size
+        ctl = self._ctl
+        ctl[:] = (clip_norm or 0.0, 1.0 if track_gradients else 0.0, self._l2)
+        tstats = self._tstats
+        pprev = np.empty_like(self.params) if track_gradients else self._no_pprev
+        per_batch = any(cb._wants_batches() for cb in callbacks)
+        progress = _Progress(verbose, N, epochs)
 
         hist = History()
         self.history = hist
-        for epoch in range(epochs):
-            if shuffle:
-                self._shuffle_rng.shuffle(perm)
-            t0 = time.perf_counter()
-            done, status = K.train_epoch(self.params, self.grads, ws, layout, fpar, meta, self._rng, X, T, labels,
-                                         use_labels, perm, bool(shuffle), batch_size, opt.kind, s1, s2, s3,
-                                         opt._hparams(), opt._step, Xb, Tb, Lb, losses)
-            seconds = time.perf_counter() - t0
-            if status != K.OK:
-                self._raise_diverged(status, losses[done], f"epoch {epoch + 1}")
-            logs = {"loss": float(losses @ weights)}
-            if val is not None:
-                logs.update({"val_" + k: v for k, v in self._evaluate_checked(*val).items()})
-            hist._append(epoch, **logs)
-            if verbose:
-                text = " - ".join(f"{k}: {v:.4g}" for k, v in logs.items())
-                print(f"epoch {epoch + 1}/{epochs} - {seconds:.2f}s - {N / seconds:,.0f} samples/s - {text}",
-                      flush=True)
+        self.stop_training = False
+        for cb in callbacks:
+            cb.set_model(self)
+        interrupted = _InterruptFlag()
+        samples_seen = initial_epoch * N
+        chunk = 1
+        with interrupted:
+            for cb in callbacks:
+                cb.on_train_begin({})
+            for epoch in range(initial_epoch, epochs):
+                lr = opt._set_epoch(epoch, samples_seen)
+                hp = opt._hparams()
+                for cb in callbacks:
+                    cb.on_epoch_begin(epoch, {})
+                if shuffle:
+                    self._shuffle_rng.shuffle(perm)
+                tstats[...] = 0.0
+                progress.start(epoch)
+                t0 = time.perf_counter()
+                bi = 0
+                while bi < n_batches and not interrupted.flag:
+                    b1 = min(n_batches, bi + (1 if per_batch else chunk))
+                    tc = time.perf_counter()
+                    done, status = K.train_epoch(
+                        self.params, self.grads, self.norm_state, ws, layout, fpar, meta, self._rng, X, T, labels,
+                        use_labels, sw, perm, bool(shuffle), batch_size, bi, b1, opt.kind, s1, s2, s3, hp, opt._step,
+                        Xb, Tb, Lb, Wb, stats, ctl, tstats, pprev)
+                    dt = time.perf_counter() - tc
+                    if status != K.OK:
+                        logs = {"loss": float(stats[done, 0]), "size": int(sizes[done])}
+                        for cb in callbacks:
+                            cb.on_batch_end(done, logs)
+                        progress.close()
+                        if self.stop_training:   # a callback (TerminateOnNaN) chose to stop quietly
+                            break
+                        self._raise_diverged(status, stats[done, 0], f"epoch {epoch + 1}, batch {done + 1}")
+                    chunk = max(1, min(n_batches, int(CHUNK_SECONDS * (b1 - bi) / max(dt, 1e-9))))
+                    if per_batch or callbacks:
+                        for b in range(bi, b1):
+                            logs = {"loss": float(stats[b, 0]), "size": int(sizes[b])}
+                            for cb in callbacks:
+                                cb.on_batch_end(b, logs)
+                    progress.update(int(sizes[bi:b1].sum()), float(stats[b1 - 1, 0]))
+                    bi = b1
+                    if self.stop_training:
+                        break
+                seconds = time.perf_counter() - t0
+                if bi < n_batches:       # stopped inside the epoch: Ctrl-C, divergence or a batch callback
+                    progress.close()
+                    if interrupted.flag:
+                        warnings.warn(f"Training interrupted by user in epoch {epoch + 1} after {bi} of {n_batches} "
+                                      f"batches; the network keeps its weights and the history of the finished "
+                                      f"epochs.", UserWarning, stacklevel=2)
+                    break
+                samples_seen += N
+                logs = {"loss": float(stats[:, 0] @ sizes / N)}
+                if self.is_classifier:
+                    logs["accuracy"] = float(stats[:, 1].sum() / N)
+                logs["lr"] = lr
+                if val is not None:
+                    logs.update({"val_" + k: v for k, v in self._evaluate_checked(*val).items()})
+                if track_gradients:
+                    for l in range(tstats.shape[0]):
+                        logs[f"grad_norm_{l}"] = float(tstats[l, 0] / n_batches)
+                        logs[f"update_ratio_{l}"] = float(tstats[l, 1] / n_batches)
+                hist._append(epoch, **logs)
+                if opt.schedule is not None:
+                    opt.schedule.on_epoch_end(epoch, logs)
+                for cb in callbacks:
+                    cb.on_epoch_end(epoch, logs)
+                progress.end(epoch, logs, seconds)
+                if self.stop_training or interrupted.flag:
+                    if interrupted.flag:
+                        warnings.warn(f"Training interrupted by user after epoch {epoch + 1}; the network keeps "
+                                      f"its weights and history.", UserWarning, stacklevel=2)
+                    break
+            for cb in callbacks:
+                cb.on_train_end({})
         return hist
+
+    def _split(self, X, T, labels, use_labels, sw, frac):
+        """Hold out ``frac`` of the rows as validation data (stratified for classifiers)."""
+        N = X.shape[0]
+        rng = np.random.default_rng(self._split_seed)
+        if self._loss_code == SOFTMAX_CE or (self._loss_code == SIGMOID_BCE and self.n_outputs == 1):
+            cls = labels if use_labels else (T.argmax(axis=1) if self._loss_code == SOFTMAX_CE
+                                              else (T[:, 0] > 0.5).astype(np.int64))
+            val_idx = []
+            for c in np.unique(cls):
+                idx = np.flatnonzero(cls == c)
+                rng.shuffle(idx)
+                val_idx.append(idx[:int(round(frac * idx.size))])
+            val_idx = np.concatenate(val_idx)
+        else:
+            val_idx = rng.permutation(N)[:int(round(frac * N))]
+        if val_idx.size == 0 or val_idx.size == N:
+            raise InputError(f"validation_split={frac} of {N} rows leaves no "
+                             f"{'validation' if val_idx.size == 0 else 'training'} rows")
+        mask = np.zeros(N, bool)
+        mask[np.sort(val_idx)] = True
+
+        def part(a, m):
+            return np.ascontiguousarray(a[m]) if a.shape[0] else a
+
+        train = tuple(part(a, ~mask) for a in (X, T, labels, sw))
+        if sw.shape[0] and not train[3].any():
+            raise InputError("validation_split leaves only rows of weight 0 for training")
+        val = (part(X, mask), part(T, mask), part(labels, mask), use_labels, part(sw, mask))
+        if val[4].shape[0] and not val[4].any():
+            val = val[:4] + (self._no_weights,)
+        return train, val
 
     # ---- inference ----------------------------------------------------------------------------
     def predict_proba(self, X):
@@ -294,7 +633,7 @@ class Network:
     def _predict_checked(self, X):
         out = np.empty((X.shape[0], self.n_outputs), self.dtype)
         ws, layout, fpar, meta = self._workspace(PREDICT_BATCH)
-        K.predict_all(out, self.params, ws, layout, fpar, meta, self._rng, X, PREDICT_BATCH)
+        K.predict_all(out, self.params, self.norm_state, ws, layout, fpar, meta, self._rng, X, PREDICT_BATCH)
         return out
 
     def predict(self, X):
@@ -309,15 +648,15 @@ class Network:
             P = (P > 0.5).astype(np.int64)
         return P[:, 0] if self.n_outputs == 1 else P
 
-    def evaluate(self, X, y):
-        """{"loss": mean loss, "accuracy": ...} (accuracy for softmax/sigmoid outputs)."""
-        return self._evaluate_checked(*self._check_xy(X, y))
+    def evaluate(self, X, y, sample_weight=None):
+        """{"loss": (weighted) mean loss, "accuracy": ...} (accuracy for softmax/sigmoid outputs)."""
+        return self._evaluate_checked(*self._check_xyw(X, y, sample_weight))
 
-    def _evaluate_checked(self, X, T, labels, use_labels):
+    def _evaluate_checked(self, X, T, labels, use_labels, sw):
         out = np.empty((X.shape[0], self.n_outputs), self.dtype)
         ws, layout, fpar, meta = self._workspace(PREDICT_BATCH)
-        loss = K.loss_all(self.params, ws, layout, fpar, meta, self._rng, X, T, labels, use_labels,
-                          PREDICT_BATCH, out)
+        loss = K.loss_all(self.params, self.norm_state, ws, layout, fpar, meta, self._rng, X, T, labels, use_labels,
+                          sw, PREDICT_BATCH, out)
         res = {"loss": float(loss)}
         if self._loss_code == SOFTMAX_CE:
             truth = labels if use_labels else T.argmax(axis=1)
@@ -326,37 +665,62 @@ class Network:
             res["accuracy"] = float(np.mean((out > 0.5) == (T > 0.5)))
         return res
 
+    def _snapshot(self):
+        """Copies of the parameters and norm statistics (for EarlyStopping)."""
+        return self.params.copy(), self.norm_state.copy()
+
+    def _restore(self, snap):
+        self.params[...] = snap[0]
+        self.norm_state[...] = snap[1]
+
     # ---- weights --------------------------------------------------------------------------------
+    def _weight_views(self):
+        # per layer: (W, b), + (gamma, beta) with a norm, + (running_mean, running_var) with batch norm
+        return [v + st for v, st in zip(self._views(self.params), self._state_views())]
+
     def get_weights(self):
-        """[(W0, b0), (W1, b1), ...] as copies; W of shape (n_in, n_out)."""
-        return [(W.copy(), b.copy()) for W, b in self.layers]
+        """Per layer a tuple of copies: (W, b) with W of shape (n_in, n_out); layers with a norm
+        add (gamma, beta), batch norm also (running_mean, running_var)."""
+        return [tuple(a.copy() for a in v) for v in self._weight_views()]
 
     def set_weights(self, weights):
-        """Set every layer from [(W, b), ...] with the shapes ``get_weights`` gives."""
+        """Set every layer from tuples shaped as ``get_weights`` gives them."""
+        pairs_msg = ("weights must be a list of (W, b) pairs, as get_weights() returns (layers with a norm "
+                     "add gamma, beta, and for batch norm running_mean, running_var)")
         try:
-            weights = [(np.asarray(W), np.asarray(b)) for W, b in weights]
+            weights = [tuple(np.asarray(a) for a in w) for w in weights]
         except (TypeError, ValueError):
-            raise InputError("weights must be a list of (W, b) pairs, as get_weights() returns") from None
-        if len(weights) != len(self.layer_sizes) - 1:
-            raise InputError(f"got {len(weights)} (W, b) pairs for a network of {len(self.layer_sizes) - 1} layers")
-        for l, ((W, b), (W0, b0)) in enumerate(zip(weights, self.layers)):
-            if W.shape != W0.shape or b.shape != b0.shape:
-                raise InputError(f"layer {l}: expected W {W0.shape} and b {b0.shape}, got {W.shape} and {b.shape}")
-            for a, name in ((W, "W"), (b, "b")):
+            raise InputError(pairs_msg) from None
+        targets = self._weight_views()
+        if len(weights) != len(targets):
+            raise InputError(f"got {len(weights)} (W, b) pairs for a network of {len(targets)} layers")
+        names = ("W", "b", "gamma", "beta", "running_mean", "running_var")
+        for l, (w, t) in enumerate(zip(weights, targets)):
+            if len(w) != len(t):
+                raise InputError(f"{pairs_msg}; layer {l} needs {len(t)} arrays, got {len(w)}")
+            if any(a.shape != a0.shape for a, a0 in zip(w, t)):
+                raise InputError(f"layer {l}: expected " + " and ".join(f"{nm} {a0.shape}" for nm, a0 in zip(names, t))
+                                 + ", got " + " and ".join(str(a.shape) for a in w))
+            for a, name in zip(w, names):
                 if a.dtype.kind not in "biuf" or not np.all(np.isfinite(a)):
                     raise InputError(f"layer {l}: {name} must be numeric and finite")
-        for (W, b), (W0, b0) in zip(weights, self.layers):
-            W0[...] = W
-            b0[...] = b
+            if len(w) == 6 and np.any(w[5] < 0):
+                raise InputError(f"layer {l}: running_var must be >= 0")
+        for w, t in zip(weights, targets):
+            for a, a0 in zip(w, t):
+                a0[...] = a
 
     # ---- files ------------------------------------------------------------------------------------
     def get_config(self):
         return {"layer_sizes": self.layer_sizes, "activation": self.activations, "output": self.output,
                 "loss": self.loss, "dtype": self.dtype.name, "seed": self.seed, "dropout": self.dropout,
-                "init": self.init}
+                "init": self.init, "norm": self.norm, "norm_momentum": self.norm_momentum,
+                "norm_eps": self.norm_eps}
 
     def save(self, path):
-        """Write architecture, weights, generator state and optimizer state to a ``.npz``.
+        """Write architecture, weights, norm statistics, generator states and optimizer state
+        (with its step count and schedule) to a ``.npz``, so that ``load`` then
+        ``fit(..., initial_epoch=...)`` continues exactly where training stopped.
 
         The file holds only plain arrays (it loads with ``allow_pickle=False``) and is
         written atomically: a temporary file in the same folder, then a rename.
@@ -365,7 +729,7 @@ class Network:
         arrays = {
             "format": np.array(FORMAT), "format_version": np.array(FORMAT_VERSION),
             "config": np.array(json.dumps(self.get_config())), "params": self.params,
-            "rng": self._rng,
+            "norm_state": self.norm_state, "rng": self._rng,
             "shuffle_state": np.array(json.dumps(self._shuffle_rng.bit_generator.state)),
         }
         opt = self.optimizer
@@ -426,7 +790,8 @@ class Network:
             cfg = json.loads(data["config"].item())
             net = cls(cfg["layer_sizes"], activation=cfg["activation"] or "relu", output=cfg["output"],
                       loss=cfg["loss"], dtype=cfg["dtype"], seed=cfg["seed"], dropout=cfg["dropout"] or 0.0,
-                      init=cfg["init"])
+                      init=cfg["init"], norm=cfg.get("norm") or None, norm_momentum=cfg.get("norm_momentum", 0.1),
+                      norm_eps=cfg.get("norm_eps", 1e-5))
             params, rng = data["params"], data["rng"]
             if params.shape != net.params.shape or params.dtype != net.dtype:
                 raise ModelFileError(f"{path!r}: parameters have shape {params.shape} {params.dtype}, "
@@ -434,6 +799,12 @@ class Network:
             if not np.all(np.isfinite(params)):
                 raise ModelFileError(f"{path!r}: parameters contain NaN or inf")
             net.params[...] = params
+            if net.norm_state.size or "norm_state" in data:
+                st = data["norm_state"]
+                if st.shape != net.norm_state.shape or st.dtype != net.dtype or not np.all(np.isfinite(st)):
+                    raise ModelFileError(f"{path!r}: norm statistics have shape {st.shape} {st.dtype} or are "
+                                         f"not finite; expected {net.norm_state.shape} {net.dtype}")
+                net.norm_state[...] = st
             net._rng[...] = rng
             net._shuffle_rng.bit_generator.state = json.loads(data["shuffle_state"].item())
             if "optimizer_config" in data:

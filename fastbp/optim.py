@@ -13,6 +13,7 @@ import numpy as np
 
 from .errors import InputError
 from .kernels import optim as K
+from .schedules import SCHEDULES, check_schedule, schedule_from_config
 
 
 def _check_float(name, v, lo=0.0, hi=math.inf, lo_open=False, hi_open=False):
@@ -33,19 +34,36 @@ class Optimizer:
     _n_hp = 0
     _fields = ()
 
-    def __init__(self):
+    def __init__(self, schedule=None):
+        self.schedule = check_schedule(schedule)
         self._hp = np.zeros(self._n_hp, np.float64)
         self._step = np.zeros(1, np.int64)
         self._state = None
         self._owner = None
+        self._lr_now = None
 
     # --- configuration ---------------------------------------------------------------
     def get_config(self):
-        return {"name": type(self).__name__, **{f: getattr(self, f) for f in self._fields}}
+        cfg = {"name": type(self).__name__, **{f: getattr(self, f) for f in self._fields}}
+        if self.schedule is not None and type(self.schedule).__name__ in SCHEDULES:
+            cfg["schedule"] = self.schedule.get_config()
+        return cfg
 
     def __repr__(self):
         args = ", ".join(f"{f}={getattr(self, f)!r}" for f in self._fields)
+        if self.schedule is not None:
+            args += f", schedule={self.schedule!r}"
         return f"{type(self).__name__}({args})"
+
+    @property
+    def current_lr(self):
+        """The rate of the current epoch (``lr`` unless a schedule set another)."""
+        return self.lr if self._lr_now is None else self._lr_now
+
+    def _set_epoch(self, epoch, samples_seen):
+        """Apply the schedule for ``epoch``: only a number in the hyper-parameter array changes."""
+        self._lr_now = None if self.schedule is None else float(self.schedule(epoch, self.lr, samples_seen))
+        return self.current_lr
 
     @property
     def step_count(self):
@@ -95,7 +113,7 @@ class SGD(Optimizer):
     _n_hp = 5
     _fields = ("lr", "momentum", "dampening", "weight_decay", "nesterov")
 
-    def __init__(self, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False):
+    def __init__(self, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, schedule=None):
         self.lr = _check_float("lr", lr)
         self.momentum = _check_float("momentum", momentum)
         self.dampening = _check_float("dampening", dampening, 0.0, 1.0)
@@ -103,11 +121,11 @@ class SGD(Optimizer):
         self.nesterov = bool(nesterov)
         if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
             raise InputError("Nesterov momentum requires momentum > 0 and dampening = 0")
-        super().__init__()
+        super().__init__(schedule)
 
     def _hparams(self):
         hp = self._hp
-        hp[0], hp[1], hp[2], hp[3], hp[4] = self.lr, self.momentum, self.dampening, self.weight_decay, self.nesterov
+        hp[0], hp[1], hp[2], hp[3], hp[4] = self.current_lr, self.momentum, self.dampening, self.weight_decay, self.nesterov
         return hp
 
     def _state_sizes(self, n):
@@ -125,7 +143,7 @@ class Adam(Optimizer):
     _fields = ("lr", "betas", "eps", "weight_decay", "amsgrad")
     _decoupled = False
 
-    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False):
+    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, schedule=None):
         self.lr = _check_float("lr", lr)
         try:
             b1, b2 = betas
@@ -136,11 +154,11 @@ class Adam(Optimizer):
         self.eps = _check_float("eps", eps)
         self.weight_decay = _check_float("weight_decay", weight_decay)
         self.amsgrad = bool(amsgrad)
-        super().__init__()
+        super().__init__(schedule)
 
     def _hparams(self):
         hp = self._hp
-        hp[0], hp[1], hp[2], hp[3] = self.lr, self.betas[0], self.betas[1], self.eps
+        hp[0], hp[1], hp[2], hp[3] = self.current_lr, self.betas[0], self.betas[1], self.eps
         hp[4], hp[5], hp[6] = self.weight_decay, self._decoupled, self.amsgrad
         return hp
 
@@ -153,8 +171,8 @@ class AdamW(Adam):
     p = p (1 - lr wd) before the Adam step; default weight_decay 1e-2."""
     _decoupled = True
 
-    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False):
-        super().__init__(lr, betas, eps, weight_decay, amsgrad)
+    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, schedule=None):
+        super().__init__(lr, betas, eps, weight_decay, amsgrad, schedule)
 
 
 class RMSprop(Optimizer):
@@ -167,18 +185,19 @@ class RMSprop(Optimizer):
     _n_hp = 6
     _fields = ("lr", "alpha", "eps", "weight_decay", "momentum", "centered")
 
-    def __init__(self, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False):
+    def __init__(self, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False,
+                 schedule=None):
         self.lr = _check_float("lr", lr)
         self.alpha = _check_float("alpha", alpha, 0.0, 1.0)
         self.eps = _check_float("eps", eps)
         self.weight_decay = _check_float("weight_decay", weight_decay)
         self.momentum = _check_float("momentum", momentum)
         self.centered = bool(centered)
-        super().__init__()
+        super().__init__(schedule)
 
     def _hparams(self):
         hp = self._hp
-        hp[0], hp[1], hp[2], hp[3], hp[4], hp[5] = (self.lr, self.alpha, self.eps, self.weight_decay,
+        hp[0], hp[1], hp[2], hp[3], hp[4], hp[5] = (self.current_lr, self.alpha, self.eps, self.weight_decay,
                                                     self.momentum, self.centered)
         return hp
 
@@ -209,4 +228,6 @@ def from_config(cfg):
         raise InputError(f"unknown optimizer {name!r} in saved configuration")
     if "betas" in cfg:
         cfg["betas"] = tuple(cfg["betas"])
+    if "schedule" in cfg:
+        cfg["schedule"] = schedule_from_config(cfg["schedule"])
     return classes[name](**cfg)

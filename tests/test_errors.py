@@ -251,7 +251,7 @@ def test_bad_optimizer_hyperparameters(make, match):
 
 
 # ---- validation_data: checked before the first step --------------------------------------------
-@pytest.mark.parametrize("vd", [(X0,), (X0, Y0, Y0), 42, [X0]], ids=["1-tuple", "3-tuple", "int", "1-list"])
+@pytest.mark.parametrize("vd", [(X0,), (X0, Y0, Y0, Y0), 42, [X0]], ids=["1-tuple", "4-tuple", "int", "1-list"])
 def test_validation_data_not_a_pair(vd):
     net, opt = clf(), fb.Adam()
     with unchanged(net, opt), pytest.raises(fb.InputError, match=r"validation_data must be a pair \(X_val, y_val\)"):
@@ -533,7 +533,7 @@ def test_train_step_divergence_on_regression_keeps_last_finite_step(dtype):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_fit_divergence_keeps_exactly_the_last_finite_weights(dtype):
     net, X, y = _diverging_regression(dtype)
-    with pytest.raises(fb.DivergenceError, match=r"non-finite \(epoch \d+, batch loss"):
+    with pytest.raises(fb.DivergenceError, match=r"non-finite \(epoch \d+, batch \d+, batch loss"):
         net.fit(X, y, epochs=100, batch_size=4, shuffle=False, optimizer=fb.SGD(lr=1e10, momentum=0.5))
     # the same steps one batch at a time, up to the first that diverges
     twin, _, _ = _diverging_regression(dtype)

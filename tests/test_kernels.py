@@ -315,14 +315,14 @@ def run_loss_forward(code, Z, b, T, labels, use_labels):
     """(loss, P, Z after the call)."""
     Z = Z.copy()
     P = np.full(Z.shape, np.nan, Z.dtype)
-    loss = loss_forward(code, P, Z, b, T, labels, use_labels)
+    loss = loss_forward(code, P, Z, b, T, labels, use_labels, np.zeros(0, Z.dtype))
     return loss, P, Z
 
 
 def run_loss_backward(code, P, T, labels, use_labels):
     dZ = np.full(P.shape, np.nan, P.dtype)
     db = np.full(P.shape[1], np.nan, P.dtype)
-    loss_backward(code, dZ, db, P, T, labels, use_labels)
+    loss_backward(code, dZ, db, P, T, labels, use_labels, np.zeros(0, P.dtype))
     return dZ, db
 
 
@@ -368,7 +368,7 @@ def test_loss_backward_in_place(output, loss, code, use_labels, dtype, rng):
     _, P, _ = run_loss_forward(code, Z, b, T, labels, use_labels)
     dZ, db = run_loss_backward(code, P, T, labels, use_labels)
     db2 = np.full(5, np.nan, dtype)
-    loss_backward(code, P, db2, P, T, labels, use_labels)
+    loss_backward(code, P, db2, P, T, labels, use_labels, np.zeros(0, P.dtype))
     assert np.array_equal(P, dZ)
     assert np.array_equal(db2, db)
 
@@ -590,7 +590,7 @@ def test_optimizer_matches_torch_algorithm(make, dtype, start, rng):
     hp = opt._hparams()
     for t in range(t0, t0 + 6):
         g = rng.standard_normal(n).astype(dtype)
-        optimizer_update(opt.kind, p, g, bufs[0], bufs[1], bufs[2], hp, t)
+        optimizer_update(opt.kind, p, g, bufs[0], bufs[1], bufs[2], hp, t, 1.0)
         ref_p, ref = step(ref_p, g, ref, t)
         # the kernel stores p and its state in dtype after each step: round the twin the same way
         ref_p = naive.f64(ref_p.astype(dtype))
@@ -607,7 +607,7 @@ def test_sgd_one_step_by_hand():
     # nesterov: d = 0.5 + 0.9 * 0.68 = 1.112;  p = 1 - 0.1 * 1.112 = 0.8888
     opt = fb.SGD(lr=0.1, momentum=0.9, weight_decay=0.1, nesterov=True)
     p, g, buf = np.array([1.0]), np.array([0.4]), np.array([0.2])
-    optimizer_update(opt.kind, p, g, buf, NO_STATE, NO_STATE, opt._hparams(), 2)
+    optimizer_update(opt.kind, p, g, buf, NO_STATE, NO_STATE, opt._hparams(), 2, 1.0)
     assert buf[0] == pytest.approx(0.68, rel=1e-15) and p[0] == pytest.approx(0.8888, rel=1e-15)
 
 
@@ -617,7 +617,7 @@ def test_adam_first_step_is_lr_times_sign():
     g = np.array([3.0, -0.2, 1e-3])
     p = np.zeros(3)
     m, v = np.zeros(3), np.zeros(3)
-    optimizer_update(opt.kind, p, g, m, v, NO_STATE, opt._hparams(), 1)
+    optimizer_update(opt.kind, p, g, m, v, NO_STATE, opt._hparams(), 1, 1.0)
     assert np.allclose(p, -0.01 * g / (np.abs(g) + 1e-8), rtol=1e-12, atol=0)
 
 

@@ -147,7 +147,7 @@ def test_validation_history_and_dropout_off_at_inference(rng):
     X, y = make_data(rng, 80, 5, 3, "cross_entropy", np.float32)
     net = fb.Network([5, 32, 3], dropout=0.5, seed=0)
     h = net.fit(X, y, epochs=4, batch_size=20, validation_data=(X, y))
-    assert set(h.history) == {"loss", "val_loss", "val_accuracy"} and h.epoch == [0, 1, 2, 3]
+    assert set(h.history) == {"loss", "accuracy", "lr", "val_loss", "val_accuracy"} and h.epoch == [0, 1, 2, 3]
     assert np.array_equal(net.predict_proba(X), net.predict_proba(X))  # deterministic: no dropout
     assert net.evaluate(X, y)["loss"] == pytest.approx(h.history["val_loss"][-1], rel=1e-6)
 
@@ -169,10 +169,12 @@ def test_steady_state_training_allocates_nothing(rng):
         perm = np.arange(n_rows, dtype=np.int64)
         Xb = np.empty((64, 32), np.float32)
         Lb = np.empty(64, np.int64)
-        losses = np.empty((n_rows + 63) // 64)
+        n_batches = (n_rows + 63) // 64
+        stats = np.empty((n_batches, 2))
         before = _nrt_allocs()
-        K.train_epoch(net.params, net.grads, ws, layout, fpar, meta, net._rng, Xs, net._no_T, ys, True, perm,
-                      True, 64, opt.kind, s1, s2, s3, opt._hparams(), opt._step, Xb, net._no_T, Lb, losses)
+        K.train_epoch(net.params, net.grads, net.norm_state, ws, layout, fpar, meta, net._rng, Xs, net._no_T, ys,
+                      True, net._no_weights, perm, True, 64, 0, n_batches, opt.kind, s1, s2, s3, opt._hparams(),
+                      opt._step, Xb, net._no_T, Lb, net._no_weights, stats, net._ctl, net._tstats, net._no_pprev)
         return _nrt_allocs() - before
 
     _nrt_python.memsys_enable_stats()
