@@ -103,7 +103,7 @@ def check_choice(v, name, choices):
     except TypeError:  # unhashable
         known = False
     if not known:
-        raise InputError(f"unknown {name} {v!r}; choose one of {sorted(choices)}")
+        raise InputError(f"unknown {name} {v!r}; choose one of {sorted(c for c in choices if c is not None)}")
     return v
 
 

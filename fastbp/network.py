@@ -494,7 +494,8 @@ class Network:
         batch_size = min(batch_size, N)
         ws, layout, fpar, meta = self._workspace(batch_size)
         # per-fit buffers, reused by every epoch
-        perm = np.arange(N, dtype=np.int64)
+        order = np.arange(N, dtype=np.int64)
+        perm = order.copy()
         Xb = np.empty((batch_size, d), self.dtype)
         Tb = np.empty((batch_size if not use_labels else 0, self.n_outputs), self.dtype)
         Lb = np.empty(batch_size if use_labels else 0, np.int64)
@@ -527,6 +528,7 @@ class Network:
                 for cb in callbacks:
                     cb.on_epoch_begin(epoch, {})
                 if shuffle:
+                    perm[...] = order   # shuffle 0..N-1 afresh: the order depends only on the rng state (resume)
                     self._shuffle_rng.shuffle(perm)
                 tstats[...] = 0.0
                 progress.start(epoch)

@@ -282,3 +282,121 @@ def rmsprop_step(p, g, state, t, lr, alpha, eps, weight_decay=0.0, momentum=0.0,
 
 def all_finite(x):
     return bool(np.isfinite(x).all())
+
+
+# ---- weighted losses: sum_i w_i l_i / sum_i w_i (a row of weight 2 counts as the row twice) --
+def row_losses(loss, Zb, T):
+    """Per-row loss l_i of logits Zb against dense targets T: cross-entropy summed over the
+    classes, the other losses averaged over the k outputs (PyTorch's element means)."""
+    Zb, T = f64(Zb), f64(T)
+    if loss == "cross_entropy":
+        return -np.where(T != 0, T * log_softmax(Zb), 0.0).sum(axis=1)
+    if loss == "binary_cross_entropy":
+        return np.mean(np.logaddexp(0.0, Zb) - Zb * T, axis=1)
+    d = Zb - T
+    if loss == "mse":
+        return np.mean(d * d, axis=1)
+    if loss == "huber":
+        a = np.abs(d)
+        return np.mean(np.where(a < 1.0, 0.5 * d * d, a - 0.5), axis=1)
+    raise ValueError(loss)
+
+
+def row_loss_gradients(loss, Zb, T):
+    """d l_i / d Zb_i for every row (target rows of cross-entropy summing to 1)."""
+    Zb, T = f64(Zb), f64(T)
+    k = Zb.shape[1]
+    if loss == "cross_entropy":
+        return softmax(Zb) - T
+    if loss == "binary_cross_entropy":
+        return (sigmoid(Zb) - T) / k
+    if loss == "mse":
+        return 2.0 * (Zb - T) / k
+    if loss == "huber":
+        return np.clip(Zb - T, -1.0, 1.0) / k
+    raise ValueError(loss)
+
+
+def weighted_loss_value(loss, Zb, T, w):
+    """np.average of the row losses with weights w; 0 when every weight is 0."""
+    w = f64(w)
+    return float(w @ row_losses(loss, Zb, T) / w.sum()) if w.sum() > 0 else 0.0
+
+
+def weighted_loss_gradient(loss, Zb, T, w):
+    """(dZ, db) of weighted_loss_value: dZ_i = w_i / sum(w) * d l_i / d Zb_i."""
+    w = f64(w)
+    c = w / w.sum() if w.sum() > 0 else np.zeros_like(w)
+    dZ = c[:, None] * row_loss_gradients(loss, Zb, T)
+    return dZ, dZ.sum(axis=0)
+
+
+def correct_count(output, P, T):
+    """Correct predictions in rows: softmax: argmax(P) == argmax(T) per row; sigmoid: the
+    fraction of a row's outputs with (P > 0.5) == (T > 0.5), summed; identity: 0."""
+    P, T = f64(P), f64(T)
+    if output == "softmax":
+        return float(np.sum(P.argmax(axis=1) == T.argmax(axis=1)))
+    if output == "sigmoid":
+        return float(np.sum(np.mean((P > 0.5) == (T > 0.5), axis=1)))
+    return 0.0
+
+
+# ---- normalization layers (the norm's output is gamma * xhat; beta is the activation's bias) --
+def batchnorm_forward(Z, b, gamma, run_mean, run_var, momentum, eps, training):
+    """torch.nn.BatchNorm1d without the shift: returns (Y, xhat, mu, rstd, run_mean, run_var).
+
+    training: mu, var = mean and biased variance over the rows of Zb = Z + b, and the
+    running statistics become (1 - momentum) run + momentum (mu, unbiased var) when n > 1
+    (torch refuses a 1-row batch; the kernel leaves the statistics alone).
+    inference: mu, var = the running statistics, which stay as they are.
+    xhat = (Zb - mu) / sqrt(var + eps);  Y = gamma xhat.
+    """
+    Zb = f64(Z) + f64(b)
+    run_mean, run_var = f64(run_mean).copy(), f64(run_var).copy()
+    n = Zb.shape[0]
+    if training:
+        mu, var = Zb.mean(axis=0), Zb.var(axis=0)
+        if n > 1:
+            run_mean = (1.0 - momentum) * run_mean + momentum * mu
+            run_var = (1.0 - momentum) * run_var + momentum * Zb.var(axis=0, ddof=1)
+    else:
+        mu, var = run_mean, run_var
+    rstd = 1.0 / np.sqrt(var + eps)
+    xhat = (Zb - mu) * rstd
+    return f64(gamma) * xhat, xhat, mu, rstd, run_mean, run_var
+
+
+def batchnorm_backward(dY, xhat, gamma, rstd):
+    """(dZ, db, dgamma) of Y = gamma (Zb - mu) rstd with the batch's mu and rstd (training):
+    dxhat = gamma dY;  dZ = rstd (dxhat - mean_rows dxhat - xhat mean_rows(dxhat xhat))."""
+    dY, xhat = f64(dY), f64(xhat)
+    dxh = f64(gamma) * dY
+    dZ = f64(rstd) * (dxh - dxh.mean(axis=0) - xhat * (dxh * xhat).mean(axis=0))
+    return dZ, dZ.sum(axis=0), (dY * xhat).sum(axis=0)
+
+
+def layernorm_forward(Z, b, gamma, eps):
+    """torch.nn.LayerNorm over the features, without the shift: (Y, xhat, mu, rstd), mu and
+    rstd per row."""
+    Zb = f64(Z) + f64(b)
+    mu = Zb.mean(axis=1)
+    rstd = 1.0 / np.sqrt(Zb.var(axis=1) + eps)
+    xhat = (Zb - mu[:, None]) * rstd[:, None]
+    return f64(gamma) * xhat, xhat, mu, rstd
+
+
+def layernorm_backward(dY, xhat, gamma, rstd):
+    """(dZ, db, dgamma) of Y = gamma (Zb - mu_row) rstd_row:
+    dxhat = gamma dY;  dZ = rstd (dxhat - mean_cols dxhat - xhat mean_cols(dxhat xhat))."""
+    dY, xhat = f64(dY), f64(xhat)
+    dxh = f64(gamma) * dY
+    dZ = f64(rstd)[:, None] * (dxh - dxh.mean(axis=1, keepdims=True)
+                               - xhat * (dxh * xhat).mean(axis=1, keepdims=True))
+    return dZ, dZ.sum(axis=0), (dY * xhat).sum(axis=0)
+
+
+def clip_scale(grads, max_norm):
+    """torch.nn.utils.clip_grad_norm_'s factor: min(1, max_norm / (global L2 norm + 1e-6))."""
+    total = np.sqrt(sum(np.sum(f64(g) ** 2) for g in grads))
+    return min(1.0, max_norm / (total + 1e-6))

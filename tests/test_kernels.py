@@ -17,8 +17,9 @@ from fastbp._blas import gemm
 from fastbp.kernels.activations import ACTIVATIONS, activation_backward, activation_forward
 from fastbp.kernels.dense import dense_backward, dense_forward
 from fastbp.kernels.dropout import dropout_backward, dropout_forward
-from fastbp.kernels.losses import (IDENTITY_HUBER, IDENTITY_MSE, SIGMOID_BCE, SOFTMAX_CE, loss_backward,
-                                   loss_forward, output_forward)
+from fastbp.kernels.losses import (IDENTITY_HUBER, IDENTITY_MSE, SIGMOID_BCE, SOFTMAX_CE, correct_count,
+                                   loss_backward, loss_forward, output_forward)
+from fastbp.kernels.norm import batchnorm_backward, batchnorm_forward, layernorm_backward, layernorm_forward
 from fastbp.kernels.optim import all_finite, optimizer_update
 
 from . import naive
@@ -643,3 +644,347 @@ def test_all_finite_extremes(dtype):
     assert all_finite(np.zeros(0, dtype))
     assert not all_finite(np.array([np.inf, -np.inf], dtype))
     assert not all_finite(np.array([fi.max, np.nan, -fi.max], dtype))
+
+
+# ---- weighted losses and the correct-prediction count ------------------------------------------
+def weights_for(rng, n, kind, dtype):
+    if kind == "random":    # a zero among positive weights
+        w = rng.uniform(0.1, 3.0, n)
+        w[n // 2] = 0.0 if n > 1 else w[0]
+    elif kind == "integer":
+        w = rng.integers(1, 4, n).astype(float)
+    else:                   # every row weight 0: the batch contributes nothing
+        w = np.zeros(n)
+    return w.astype(dtype)
+
+
+@pytest.mark.parametrize("kind", ["random", "integer", "zero"])
+@pytest.mark.parametrize("shape", [(1, 1), (7, 3), (33, 7)], ids=shape_id)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("output,loss,code,use_labels", LOSS_CASES)
+def test_weighted_loss_matches_naive(output, loss, code, use_labels, dtype, shape, kind, rng):
+    # loss = sum_i w_i l_i / sum_i w_i, dZ_i = w_i / sum(w) d l_i / d z_i (losses.py's docstring)
+    n, k = shape
+    Z, b, T, labels, Tref = loss_data(rng, output, use_labels, shape, dtype)
+    w = weights_for(rng, n, kind, dtype)
+    Zk = Z.copy()
+    P = np.full(shape, np.nan, dtype)
+    value = loss_forward(code, P, Zk, b, T, labels, use_labels, w)
+    dZ = np.full(shape, np.nan, dtype)
+    db = np.full(k, np.nan, dtype)
+    loss_backward(code, dZ, db, P, T, labels, use_labels, w)
+    zb = naive.f64(Z) + naive.f64(b)
+    if kind == "zero":
+        assert value == 0.0 and not dZ.any() and not db.any()
+        return
+    # as the unweighted tests: the row terms carry ~eps (|z| + |t|), the gradient ~eps c (|P| (1 + |z|) + |T|)
+    assert_close(value, naive.weighted_loss_value(loss, zb, Tref, w), dtype,
+                 np.mean(np.abs(zb)) + np.mean(np.abs(Tref)))
+    dZ_ref, db_ref = naive.weighted_loss_gradient(loss, zb, Tref, w)
+    P_ref = naive.output_forward(output, Z, b)
+    c = naive.f64(w)[:, None] / naive.f64(w).sum() * (1.0 if loss == "cross_entropy" else 2.0 / k)
+    scale = c * (np.abs(P_ref) * (1.0 + np.abs(zb).max()) + np.abs(Tref))
+    assert_close(dZ, dZ_ref, dtype, scale)
+    assert_close(db, db_ref, dtype, scale.sum(axis=0))
+
+
+@pytest.mark.parametrize("output,loss,code,use_labels", LOSS_CASES)
+def test_weighted_loss_gradient(output, loss, code, use_labels, rng):
+    # central differences of the weighted mean loss w.r.t. Z and b, float64
+    Z, b, T, labels, _ = loss_data(rng, output, use_labels, (7, 4), np.float64)
+    w = weights_for(rng, 7, "random", np.float64)
+
+    def value():
+        return loss_forward(code, np.empty_like(Z), Z.copy(), b, T, labels, use_labels, w)
+
+    P = np.empty_like(Z)
+    loss_forward(code, P, Z.copy(), b, T, labels, use_labels, w)
+    dZ, db = np.empty_like(Z), np.empty_like(b)
+    loss_backward(code, dZ, db, P, T, labels, use_labels, w)
+    assert rel_error(dZ, numeric_gradient(value, Z)) <= 1e-6
+    assert rel_error(db, numeric_gradient(value, b)) <= 1e-6
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("output,loss,code,use_labels", LOSS_CASES)
+def test_unit_weights_equal_no_weights(output, loss, code, use_labels, dtype, rng):
+    Z, b, T, labels, _ = loss_data(rng, output, use_labels, (33, 5), dtype)
+    outs = []
+    for w in (np.zeros(0, dtype), np.ones(33, dtype)):
+        P = np.empty_like(Z)
+        value = loss_forward(code, P, Z.copy(), b, T, labels, use_labels, w)
+        dZ, db = np.empty_like(Z), np.empty_like(b)
+        loss_backward(code, dZ, db, P, T, labels, use_labels, w)
+        outs.append((value, dZ, db))
+    # 1/n against 1/sum(1...1): the same number, so the same results up to the order of a sum
+    assert outs[0][0] == pytest.approx(outs[1][0], rel=TOL[dtype])
+    assert_close(outs[1][1], outs[0][1], dtype, np.abs(outs[0][1]).max())
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (7, 3), (33, 7), (9, 1)], ids=shape_id)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("output,code,use_labels", [("softmax", SOFTMAX_CE, True), ("softmax", SOFTMAX_CE, False),
+                                                    ("sigmoid", SIGMOID_BCE, False), ("identity", IDENTITY_MSE, False)],
+                         ids=["softmax-labels", "softmax-probs", "sigmoid", "identity"])
+def test_correct_count_matches_naive(output, code, use_labels, dtype, shape, rng):
+    n, k = shape
+    P = rng.random(shape).astype(dtype)
+    if use_labels:
+        labels = rng.integers(0, k, n).astype(np.int64)
+        T, Tref = np.zeros((0, k), dtype), naive.one_hot(labels, k)
+    else:
+        labels = NO_LABELS
+        T = (rng.dirichlet(np.ones(k), n) if output == "softmax" else rng.random(shape)).astype(dtype)
+        Tref = T
+    got = correct_count(code, P, T, labels, use_labels)
+    assert got == pytest.approx(naive.correct_count(output, P, Tref), rel=1e-12, abs=0)
+    if output == "softmax":  # a perfect prediction counts every row
+        assert correct_count(code, naive.one_hot(Tref.argmax(axis=1), k).astype(dtype), T, labels, use_labels) == n
+
+
+# ---- optimizer updates with a gradient scale (clipping) -------------------------------------------
+@pytest.mark.parametrize("gscale", [0.37, 1e-3])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("make", OPTIMIZERS)
+def test_optimizer_gscale_equals_scaled_gradient(make, dtype, gscale, rng):
+    # update(g, gscale) == update(g * gscale, 1): the scale multiplies the gradient as it is read,
+    # before weight decay, momentum and the moment estimates (torch's clip_grad_norm_ then step())
+    opt = make()
+    _, names = twin_of(opt)
+    n = 33
+    sizes = opt._state_sizes(n)
+    init = random_state(rng, names, sizes, dtype)
+    p0 = rng.standard_normal(n).astype(dtype)
+    runs = []
+    for scale_in_kernel in (True, False):
+        p = p0.copy()
+        bufs = [init[name].copy() if name is not None and s else np.zeros(0, dtype) for name, s in zip(names, sizes)]
+        g_rng = np.random.default_rng(7)
+        for t in range(4, 7):
+            g = g_rng.standard_normal(n).astype(dtype)
+            if scale_in_kernel:
+                optimizer_update(opt.kind, p, g, bufs[0], bufs[1], bufs[2], opt._hparams(), t, gscale)
+            else:
+                optimizer_update(opt.kind, p, g * dtype(gscale), bufs[0], bufs[1], bufs[2], opt._hparams(), t, 1.0)
+        runs.append([p] + bufs)
+    for a, b in zip(*runs):
+        assert np.array_equal(a, b)
+
+
+# ---- batch norm and layer norm --------------------------------------------------------------------
+NORM_SHAPES = [(1, 7), (7, 1), (7, 33), (33, 7), (33, 33)]   # (n, k)
+MOMENTUM, EPS = 0.1, 1e-5
+
+
+def norm_data(rng, shape, dtype):
+    n, k = shape
+    Z = (1.5 * rng.standard_normal(shape) + rng.uniform(-2, 2, k)).astype(dtype)   # off-centre columns
+    b = rng.uniform(-0.5, 0.5, k).astype(dtype)
+    gamma = rng.uniform(0.5, 1.5, k).astype(dtype)
+    run_mean = rng.standard_normal(k).astype(dtype)
+    run_var = rng.uniform(0.5, 2.0, k).astype(dtype)
+    return Z, b, gamma, run_mean, run_var
+
+
+def run_bn_forward(Z, b, gamma, run_mean, run_var, training):
+    """(Y, XH, mu, rstd, run_mean, run_var) from the kernel; inputs are not modified."""
+    n, k = Z.shape
+    Y, rm, rv = Z.copy(), run_mean.copy(), run_var.copy()
+    XH = np.full(Z.shape, np.nan, Z.dtype)
+    mu, rstd = np.full(k, np.nan, Z.dtype), np.full(k, np.nan, Z.dtype)
+    batchnorm_forward(Y, XH, mu, rstd, b, gamma, rm, rv, MOMENTUM, EPS, training)
+    return Y, XH, mu, rstd, rm, rv
+
+
+def run_ln_forward(Z, b, gamma):
+    n, k = Z.shape
+    Y = Z.copy()
+    XH = np.full(Z.shape, np.nan, Z.dtype)
+    mu, rstd = np.full(n, np.nan, Z.dtype), np.full(n, np.nan, Z.dtype)
+    layernorm_forward(Y, XH, mu, rstd, b, gamma, EPS)
+    return Y, XH, mu, rstd
+
+
+def run_norm_backward(kernel, dY, XH, gamma, rstd):
+    dZ = dY.copy()
+    db = np.full(dY.shape[1], np.nan, dY.dtype)
+    dgamma = np.full(dY.shape[1], np.nan, dY.dtype)
+    kernel(dZ, db, dgamma, XH, gamma, rstd)
+    return dZ, db, dgamma
+
+
+def xhat_scale(Zb, xhat, rstd, axis):
+    # mu and var are sums in dtype: |error of xhat| ~ eps (|Zb|max rstd + |xhat|) (times the row count)
+    return np.abs(Zb).max(axis=axis, keepdims=True) * np.expand_dims(naive.f64(rstd), axis) + np.abs(xhat)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "infer"])
+@pytest.mark.parametrize("shape", NORM_SHAPES, ids=shape_id)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_batchnorm_forward_matches_naive(dtype, shape, training, rng):
+    n, k = shape
+    Z, b, gamma, rm0, rv0 = norm_data(rng, shape, dtype)
+    Y, XH, mu, rstd, rm, rv = run_bn_forward(Z, b, gamma, rm0, rv0, training)
+    Y_ref, xh_ref, mu_ref, rstd_ref, rm_ref, rv_ref = naive.batchnorm_forward(Z, b, gamma, rm0, rv0, MOMENTUM, EPS,
+                                                                              training)
+    Zb = naive.f64(Z) + naive.f64(b)
+    scale = n * xhat_scale(Zb, xh_ref, rstd_ref, 0)
+    assert_close(XH, xh_ref, dtype, scale)
+    assert_close(Y, Y_ref, dtype, naive.f64(gamma) * scale)
+    assert_close(mu, mu_ref, dtype, n * np.abs(Zb).max(axis=0))
+    assert_close(rstd, rstd_ref, dtype, n * np.abs(rstd_ref))
+    assert_close(rm, rm_ref, dtype, n * (np.abs(Zb).max(axis=0) + np.abs(rm_ref)))
+    assert_close(rv, rv_ref, dtype, n * (Zb ** 2).max(axis=0) + np.abs(rv_ref))
+    if not training or n == 1:   # inference reads the running statistics; a 1-row batch leaves them alone
+        assert np.array_equal(rm, rm0) and np.array_equal(rv, rv0)
+    if training and n == 1:      # the batch's own mean: xhat = 0
+        assert not XH.any() and not Y.any()
+
+
+@pytest.mark.parametrize("shape", NORM_SHAPES, ids=shape_id)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_batchnorm_backward_matches_naive(dtype, shape, rng):
+    Z, b, gamma, rm, rv = norm_data(rng, shape, dtype)
+    _, XH, _, rstd, _, _ = run_bn_forward(Z, b, gamma, rm, rv, True)
+    dY = rng.standard_normal(shape).astype(dtype)
+    dZ, db, dgamma = run_norm_backward(batchnorm_backward, dY, XH, gamma, rstd)
+    dZ_ref, db_ref, dg_ref = naive.batchnorm_backward(dY, XH, gamma, rstd)
+    # three terms that cancel: scale by their magnitudes (and the row count of the column sums)
+    n = shape[0]
+    g, r, xh, dy = naive.f64(gamma), naive.f64(rstd), naive.f64(XH), naive.f64(dY)
+    scale = n * g * r * (np.abs(dy) + np.abs(dy).mean(axis=0) + np.abs(xh) * np.abs(dy * xh).mean(axis=0))
+    assert_close(dZ, dZ_ref, dtype, scale)
+    assert_close(db, db_ref, dtype, scale.sum(axis=0))
+    assert_close(dgamma, dg_ref, dtype, n * np.abs(dy * xh).sum(axis=0))
+
+
+@pytest.mark.parametrize("shape", [s for s in NORM_SHAPES if s[1] > 1], ids=shape_id)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_layernorm_forward_matches_naive(dtype, shape, rng):
+    n, k = shape
+    Z, b, gamma, _, _ = norm_data(rng, shape, dtype)
+    Y, XH, mu, rstd = run_ln_forward(Z, b, gamma)
+    Y_ref, xh_ref, mu_ref, rstd_ref = naive.layernorm_forward(Z, b, gamma, EPS)
+    Zb = naive.f64(Z) + naive.f64(b)
+    scale = k * xhat_scale(Zb, xh_ref, rstd_ref, 1)
+    assert_close(XH, xh_ref, dtype, scale)
+    assert_close(Y, Y_ref, dtype, naive.f64(gamma) * scale)
+    assert_close(mu, mu_ref, dtype, k * np.abs(Zb).max(axis=1))
+    assert_close(rstd, rstd_ref, dtype, k * np.abs(rstd_ref))
+
+
+@pytest.mark.parametrize("shape", [s for s in NORM_SHAPES if s[1] > 1], ids=shape_id)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_layernorm_backward_matches_naive(dtype, shape, rng):
+    n, k = shape
+    Z, b, gamma, _, _ = norm_data(rng, shape, dtype)
+    _, XH, _, rstd = run_ln_forward(Z, b, gamma)
+    dY = rng.standard_normal(shape).astype(dtype)
+    dZ, db, dgamma = run_norm_backward(layernorm_backward, dY, XH, gamma, rstd)
+    dZ_ref, db_ref, dg_ref = naive.layernorm_backward(dY, XH, gamma, rstd)
+    g, r, xh, dy = naive.f64(gamma), naive.f64(rstd)[:, None], naive.f64(XH), naive.f64(dY)
+    gd = np.abs(g * dy)
+    scale = k * r * (gd + gd.mean(axis=1, keepdims=True) + np.abs(xh) * (gd * np.abs(xh)).mean(axis=1, keepdims=True))
+    assert_close(dZ, dZ_ref, dtype, scale)
+    assert_close(db, db_ref, dtype, n * scale.sum(axis=0))
+    assert_close(dgamma, dg_ref, dtype, n * np.abs(dy * xh).sum(axis=0))
+
+
+def test_layernorm_single_feature_is_zero():
+    # one feature: the row's mean is the value itself, so xhat = 0 (and so is the gradient)
+    Z = np.array([[3.0], [-2.0]])
+    Y, XH, _, rstd = run_ln_forward(Z, np.array([0.5]), np.array([2.0]))
+    assert not Y.any() and not XH.any()
+    dZ, db, dgamma = run_norm_backward(layernorm_backward, np.ones_like(Z), XH, np.array([2.0]), rstd)
+    assert not dZ.any() and not db.any() and not dgamma.any()
+
+
+def test_batchnorm_running_statistics_follow_torch_semantics(rng):
+    # momentum 0.1: run = 0.9 run + 0.1 stat with the *unbiased* batch variance; written out by hand
+    Z = np.array([[1.0, 10.0], [3.0, 10.0], [8.0, 13.0]])
+    b = np.array([0.0, -10.0])
+    rm, rv = np.array([0.5, -1.0]), np.array([2.0, 0.25])
+    _, _, mu, rstd, rm1, rv1 = run_bn_forward(Z, b, np.ones(2), rm, rv, True)
+    # column 0: mean 4, unbiased var ((-3)^2 + (-1)^2 + 4^2) / 2 = 13; column 1: mean 1, var (1 + 1 + 4) / 2 = 3
+    np.testing.assert_allclose(mu, [4.0, 1.0], rtol=1e-15)
+    np.testing.assert_allclose(rstd, 1.0 / np.sqrt(np.array([26.0 / 3, 2.0]) + EPS), rtol=1e-15)  # biased var
+    np.testing.assert_allclose(rm1, [0.9 * 0.5 + 0.1 * 4.0, 0.9 * -1.0 + 0.1 * 1.0], rtol=1e-15)
+    np.testing.assert_allclose(rv1, [0.9 * 2.0 + 0.1 * 13.0, 0.9 * 0.25 + 0.1 * 3.0], rtol=1e-15)
+    # inference: (Z + b - run_mean) / sqrt(run_var + eps)
+    Y, XH, _, _, rm2, rv2 = run_bn_forward(Z, b, np.full(2, 2.0), rm1, rv1, False)
+    np.testing.assert_allclose(XH, (Z + b - rm1) / np.sqrt(rv1 + EPS), rtol=1e-14)
+    np.testing.assert_allclose(Y, 2.0 * XH, rtol=1e-15)
+    assert np.array_equal(rm2, rm1) and np.array_equal(rv2, rv1)
+
+
+def test_batchnorm_matches_torch_batchnorm1d(rng):
+    torch = pytest.importorskip("torch")
+    n, k = 9, 5
+    Z, b, gamma, rm, rv = norm_data(rng, (n, k), np.float64)
+    bn = torch.nn.BatchNorm1d(k, momentum=MOMENTUM, eps=EPS, dtype=torch.float64)
+    with torch.no_grad():
+        bn.weight.copy_(torch.from_numpy(gamma))
+        bn.bias.zero_()
+        bn.running_mean.copy_(torch.from_numpy(rm))
+        bn.running_var.copy_(torch.from_numpy(rv))
+    x = torch.from_numpy(Z + b).requires_grad_(True)
+    dY = rng.standard_normal((n, k))
+    bn.train()
+    out = bn(x)
+    out.backward(torch.from_numpy(dY))
+    Y, XH, _, rstd, rm1, rv1 = run_bn_forward(Z, b, gamma, rm, rv, True)
+    np.testing.assert_allclose(Y, out.detach().numpy(), rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(rm1, bn.running_mean.numpy(), rtol=1e-13)
+    np.testing.assert_allclose(rv1, bn.running_var.numpy(), rtol=1e-13)
+    dZ, db, dgamma = run_norm_backward(batchnorm_backward, dY, XH, gamma, rstd)
+    np.testing.assert_allclose(dZ, x.grad.numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(dgamma, bn.weight.grad.numpy(), rtol=1e-12)
+    bn.eval()
+    with torch.no_grad():
+        out_eval = bn(torch.from_numpy(Z + b)).numpy()
+    np.testing.assert_allclose(run_bn_forward(Z, b, gamma, rm1, rv1, False)[0], out_eval, rtol=1e-12, atol=1e-13)
+
+
+def test_layernorm_matches_torch_layernorm(rng):
+    torch = pytest.importorskip("torch")
+    n, k = 6, 7
+    Z, b, gamma, _, _ = norm_data(rng, (n, k), np.float64)
+    ln = torch.nn.LayerNorm(k, eps=EPS, dtype=torch.float64)
+    with torch.no_grad():
+        ln.weight.copy_(torch.from_numpy(gamma))
+        ln.bias.zero_()
+    x = torch.from_numpy(Z + b).requires_grad_(True)
+    dY = rng.standard_normal((n, k))
+    out = ln(x)
+    out.backward(torch.from_numpy(dY))
+    Y, XH, _, rstd = run_ln_forward(Z, b, gamma)
+    np.testing.assert_allclose(Y, out.detach().numpy(), rtol=1e-12, atol=1e-13)
+    dZ, _, dgamma = run_norm_backward(layernorm_backward, dY, XH, gamma, rstd)
+    np.testing.assert_allclose(dZ, x.grad.numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(dgamma, ln.weight.grad.numpy(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["batch", "layer"])
+def test_norm_gradient(kind, rng):
+    # central differences of sum(Y * dY) w.r.t. Z, b and gamma (training mode), float64
+    shape = (6, 5)
+    Z, b, gamma, rm, rv = norm_data(rng, shape, np.float64)
+    dY = rng.standard_normal(shape)
+
+    def forward():
+        return run_bn_forward(Z, b, gamma, rm, rv, True) if kind == "batch" else run_ln_forward(Z, b, gamma)
+
+    def value():
+        return float(np.sum(forward()[0] * dY))
+
+    out = forward()
+    XH, rstd = out[1], out[3]
+    dZ, db, dgamma = run_norm_backward(batchnorm_backward if kind == "batch" else layernorm_backward,
+                                       dY, XH, gamma, rstd)
+    assert rel_error(dZ, numeric_gradient(value, Z)) <= 1e-6
+    assert rel_error(dgamma, numeric_gradient(value, gamma)) <= 1e-6
+    num_db = numeric_gradient(value, b)
+    if kind == "batch":   # the batch mean absorbs b: its gradient is 0 (up to rounding on both sides)
+        assert np.abs(db).max() <= 1e-12 and np.abs(num_db).max() <= 1e-8
+    else:
+        assert rel_error(db, num_db) <= 1e-6
