@@ -17,6 +17,7 @@ Epochs are 0-based in the hooks (``epoch + 1`` is what Keras prints).
 import csv
 import math
 import os
+import string
 import warnings
 
 import numpy as np
@@ -141,7 +142,13 @@ class ModelCheckpoint(Callback):
         self.best = None
 
     def monitors(self):
-        return (self.monitor,) if self.save_best_only else ()
+        # the monitored value, and every history key the path's format fields name
+        try:
+            fields = [f.split(".")[0].split("[")[0] for _, f, _, _ in string.Formatter().parse(self.path) if f]
+        except ValueError as e:
+            raise InputError(f"ModelCheckpoint path {self.path!r} is not a valid format string: {e}") from None
+        keys = [f for f in fields if f != "epoch"]
+        return ((self.monitor,) if self.save_best_only else ()) + tuple(keys)
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
@@ -194,6 +201,9 @@ class CSVLogger(Callback):
         if self._file is not None:
             self._file.close()
             self._file = self._writer = None
+
+    def _abort(self):   # fit raised: close the file (rows written so far are kept)
+        self.on_train_end()
 
 
 class TerminateOnNaN(Callback):
