@@ -1,16 +1,24 @@
-"""Whole training steps and epochs on the standard workloads (defined once, in fastbp.bench)."""
+"""Whole training steps and epochs on the standard workloads (defined once, in fastbp.bench),
+and the loss and accuracy a short seeded fit reaches (so numerical drift shows up as a step)."""
 
-from fastbp.bench import WORKLOADS, make_data, make_network
+import functools
+import math
 
-NAMES = ["small", "regress", "mnist"]  # wide: minutes per sample, left to python -m fastbp.bench
-EPOCH_SAMPLES = 8192
+from fastbp.bench import make_data
+
+from .common import WORKLOADS, make_network, split, use_threads
+
+NAMES = ["small", "regress", "mnist"]  # wide, 2 s per 8192 samples: TrainStep and fastbp.bench
+TRACK_EPOCHS = 3
 
 
 class TrainStep:
-    params = [NAMES]
+    """One Network.train_step on one batch of the workload's batch size."""
+    params = [NAMES + ["wide"]]
     param_names = ["workload"]
 
     def setup(self, workload):
+        use_threads()
         spec = WORKLOADS[workload]
         X, y = make_data(workload, quick=True)
         self.X, self.y = X[:spec["batch"]], y[:spec["batch"]]
@@ -22,15 +30,16 @@ class TrainStep:
 
 
 class Epoch:
+    """One Network.fit epoch over 8192 samples (shuffled, the workload's batch size)."""
     params = [NAMES]
     param_names = ["workload"]
-    timeout = 120
+    timeout = 180
 
     def setup(self, workload):
+        use_threads()
         spec = WORKLOADS[workload]
         self.batch = spec["batch"]
-        X, y = make_data(workload)
-        self.X, self.y = X[:EPOCH_SAMPLES], y[:EPOCH_SAMPLES]
+        self.X, self.y = split(workload)[:2]
         self.net, self.opt = make_network(spec)
         self.net.fit(self.X[:self.batch], self.y[:self.batch], epochs=1, batch_size=self.batch,
                      optimizer=self.opt)
@@ -38,6 +47,48 @@ class Epoch:
     def time_epoch_8192_samples(self, workload):
         self.net.fit(self.X, self.y, epochs=1, batch_size=self.batch, optimizer=self.opt)
 
-    def track_loss_after_2_epochs(self, workload):
-        net, opt = make_network(WORKLOADS[workload])
-        return net.fit(self.X, self.y, epochs=2, batch_size=self.batch, optimizer=opt).history["loss"][-1]
+
+@functools.lru_cache(maxsize=None)
+def _short_fit(workload):
+    """TRACK_EPOCHS epochs of the workload's network (seed 0) on its first 8192 samples;
+    (final training loss, test loss, test accuracy or None) on 2048 held-out samples."""
+    use_threads()
+    spec = WORKLOADS[workload]
+    X, y, Xt, yt = split(workload)
+    net, opt = make_network(spec)
+    hist = net.fit(X, y, epochs=TRACK_EPOCHS, batch_size=spec["batch"], optimizer=opt)
+    test = net.evaluate(Xt, yt)
+    return hist.history["loss"][-1], test["loss"], test.get("accuracy")
+
+
+class FitLoss:
+    """Training loss (mean of the last epoch's batches) and held-out loss after a 3-epoch seeded fit."""
+    params = [NAMES]
+    param_names = ["workload"]
+    timeout = 180
+
+    def setup(self, workload):
+        self.result = _short_fit(workload)
+
+    def track_train_loss(self, workload):
+        return self.result[0]
+    track_train_loss.unit = "loss"
+
+    def track_test_loss(self, workload):
+        return self.result[1]
+    track_test_loss.unit = "loss"
+
+
+class FitAccuracy:
+    """Held-out accuracy after the same 3-epoch seeded fit (the classification workloads)."""
+    params = [["small", "mnist"]]
+    param_names = ["workload"]
+    timeout = 180
+
+    def setup(self, workload):
+        self.accuracy = _short_fit(workload)[2]
+        assert self.accuracy is not None and math.isfinite(self.accuracy)
+
+    def track_test_accuracy(self, workload):
+        return self.accuracy
+    track_test_accuracy.unit = "fraction correct"
