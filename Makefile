@@ -3,13 +3,17 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test clean
+.PHONY: demo test asv-check clean
 
 demo: $(VENV)/.installed
 	$(BIN)/python examples/demo.py
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest
+
+# imports every asv benchmark module (the tests also run each benchmark once)
+asv-check: $(VENV)/.installed-test
+	cd asv_bench && ../$(BIN)/asv check --python=same
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
