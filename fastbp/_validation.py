@@ -5,7 +5,7 @@ import numbers
 import numpy as np
 
 from .errors import InputError
-from .kernels.losses import SIGMOID_BCE, SOFTMAX_CE
+from .kernels.losses import EXP_POISSON, SIGMOID_BCE, SOFTMAX_CE
 from .kernels.optim import all_finite
 
 
@@ -83,6 +83,8 @@ def check_targets(y, loss_code, n_out, n, dtype, name="y", x_name="X"):
     if loss_code in (SOFTMAX_CE, SIGMOID_BCE) and (y.min() < 0 or y.max() > 1):
         what = "probabilities" if loss_code == SOFTMAX_CE else "binary targets"
         raise InputError(f"{name} holds {what}, which must lie in [0, 1]; got values in [{y.min()}, {y.max()}]")
+    if loss_code == EXP_POISSON and y.min() < 0:
+        raise InputError(f"{name} holds Poisson counts or rates, which must be >= 0; got a minimum of {y.min()}")
     T = np.ascontiguousarray(y, dtype=dtype)
     if not T.flags.writeable:
         T = T.copy()

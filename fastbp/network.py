@@ -164,9 +164,10 @@ class Network:
     activation : str or sequence of str
         Hidden-layer activation, one name or one per hidden layer: identity, relu,
         leaky_relu, elu, sigmoid (alias logistic), tanh, softplus, gelu.
-    output : {"softmax", "sigmoid", "identity"}
-    loss : {"cross_entropy", "binary_cross_entropy", "mse", "huber"}, optional
-        Must pair with ``output``; by default cross_entropy, binary_cross_entropy, mse.
+    output : {"softmax", "sigmoid", "identity", "exp"}
+    loss : {"cross_entropy", "binary_cross_entropy", "mse", "huber", "poisson"}, optional
+        Must pair with ``output``; by default cross_entropy, binary_cross_entropy, mse
+        (identity also pairs with huber), poisson (exp: the half Poisson deviance of counts >= 0).
     dtype : float32 (default) or float64
     seed : int
         Seeds the initial weights, the shuffling, the dropout masks and ``validation_split``.
@@ -383,7 +384,7 @@ class Network:
         loss = K.loss_forward_all(self.params, self.norm_state, ws, layout, fpar, meta, X, T, labels, use_labels,
                                   sw, n, True, self._rng)
         if self._l2 > 0:
-            loss += K.l2_penalty(self.params, layout, self._l2, n)
+            loss += K.l2_penalty(self.params, layout, self._l2, sw, n)
         K.backward_all(self.grads, self.params, ws, layout, fpar, meta, X, T, labels, use_labels, sw, n, self._l2)
         return float(loss)
 

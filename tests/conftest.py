@@ -24,6 +24,8 @@ def make_data(rng, n, d, k, loss, dtype=np.float64):
         y = rng.integers(0, k, n)
     elif loss == "binary_cross_entropy":
         y = (rng.random((n, k)) > 0.5).astype(dtype)
+    elif loss == "poisson":
+        y = rng.poisson(1.0, (n, k)).astype(dtype)
     else:
         y = rng.standard_normal((n, k)).astype(dtype)
     return X, y

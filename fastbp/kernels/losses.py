@@ -16,8 +16,11 @@ counts exactly as the row twice. A batch whose weights sum to 0 has loss 0 and
 zero gradient.
 
 Means follow PyTorch: cross-entropy over the batch (CrossEntropyLoss), binary
-cross-entropy, mse and huber over all n*k elements (BCEWithLogitsLoss, MSELoss,
-HuberLoss with delta=1).
+cross-entropy, mse, huber and poisson over all n*k elements (BCEWithLogitsLoss,
+MSELoss, HuberLoss with delta=1, PoissonNLLLoss from the log-rate). The poisson
+loss is the half Poisson deviance t log(t/p) - t + p of the rate p = exp(z), as
+scikit-learn's ``MLPRegressor(loss="poisson")``: PyTorch's p - t z plus the
+constant t log t - t, so that a perfect fit has loss 0.
 """
 
 import numpy as np
@@ -25,15 +28,16 @@ from numba import njit
 
 from .._config import JIT
 
-SOFTMAX_CE, SIGMOID_BCE, IDENTITY_MSE, IDENTITY_HUBER = range(4)
+SOFTMAX_CE, SIGMOID_BCE, IDENTITY_MSE, IDENTITY_HUBER, EXP_POISSON = range(5)
 # (output, loss) -> code
 PAIRS = {
     ("softmax", "cross_entropy"): SOFTMAX_CE,
     ("sigmoid", "binary_cross_entropy"): SIGMOID_BCE,
     ("identity", "mse"): IDENTITY_MSE,
     ("identity", "huber"): IDENTITY_HUBER,
+    ("exp", "poisson"): EXP_POISSON,
 }
-DEFAULT_LOSS = {"softmax": "cross_entropy", "sigmoid": "binary_cross_entropy", "identity": "mse"}
+DEFAULT_LOSS = {"softmax": "cross_entropy", "sigmoid": "binary_cross_entropy", "identity": "mse", "exp": "poisson"}
 HUBER_DELTA = 1.0
 
 
@@ -200,6 +204,40 @@ def huber_backward(dZ, db, P, T, sw):
             db[j] += g
 
 
+# ---- exp + half Poisson deviance ------------------------------------------------------
+@njit(**JIT)
+def poisson_forward(P, Z, b, T, sw):
+    # P = exp(Z + b); loss = weighted mean over rows of the mean over k of
+    # t log(t / p) - t + p = p - t z + t log t - t   (t log t = 0 at t = 0; targets t >= 0)
+    n, k = Z.shape
+    total = 0.0
+    for i in range(n):
+        row = 0.0
+        for j in range(k):
+            z = Z[i, j] + b[j]
+            p = np.exp(z)
+            P[i, j] = p
+            t = T[i, j]
+            row += p - t * z + (t * np.log(t) - t if t > 0.0 else 0.0)
+        total += _row_weight(sw, i) * row
+    return total * _inv_total(sw, n) / k
+
+
+@njit(**JIT)
+def poisson_backward(dZ, db, P, T, sw):
+    # dZ_i = w_i (P_i - T_i) / (k sum(w))      (d/dz of p - t z, with p = exp(z))
+    n, k = P.shape
+    inv = _inv_total(sw, n) / k
+    for j in range(k):
+        db[j] = 0.0
+    for i in range(n):
+        s = _row_weight(sw, i) * inv
+        for j in range(k):
+            g = (P[i, j] - T[i, j]) * s
+            dZ[i, j] = g
+            db[j] += g
+
+
 # ---- dispatch --------------------------------------------------------------------------
 @njit(**JIT)
 def loss_forward(code, P, Z, b, T, labels, use_labels, sw):
@@ -209,6 +247,8 @@ def loss_forward(code, P, Z, b, T, labels, use_labels, sw):
         return sigmoid_bce_forward(P, Z, b, T, sw)
     elif code == IDENTITY_HUBER:
         return huber_forward(P, Z, b, T, sw)
+    elif code == EXP_POISSON:
+        return poisson_forward(P, Z, b, T, sw)
     return mse_forward(P, Z, b, T, sw)
 
 
@@ -220,6 +260,8 @@ def loss_backward(code, dZ, db, P, T, labels, use_labels, sw):
         sigmoid_bce_backward(dZ, db, P, T, sw)
     elif code == IDENTITY_HUBER:
         huber_backward(dZ, db, P, T, sw)
+    elif code == EXP_POISSON:
+        poisson_backward(dZ, db, P, T, sw)
     else:
         mse_backward(dZ, db, P, T, sw)
 
@@ -258,7 +300,7 @@ def correct_count(code, P, T, labels, use_labels):
 # ---- output function alone (inference: no targets, no loss) ---------------------------
 @njit(**JIT)
 def output_forward(code, P, Z, b):
-    # Z, P (n, k): P = softmax / sigmoid / identity of Z + b;  P must not alias Z for softmax
+    # Z, P (n, k): P = softmax / sigmoid / exp / identity of Z + b;  P must not alias Z for softmax
     n, k = Z.shape
     for i in range(n):
         if code == SOFTMAX_CE:
@@ -280,6 +322,9 @@ def output_forward(code, P, Z, b):
                 z = Z[i, j] + b[j]
                 e = np.exp(-abs(z))
                 P[i, j] = 1.0 / (1.0 + e) if z >= 0 else e / (1.0 + e)
+        elif code == EXP_POISSON:
+            for j in range(k):
+                P[i, j] = np.exp(Z[i, j] + b[j])
         else:
             for j in range(k):
                 P[i, j] = Z[i, j] + b[j]

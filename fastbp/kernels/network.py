@@ -17,7 +17,8 @@ parameters (W, b, and gamma, beta with a norm) span [W offset, end).
 ``nstate``: the norm layers' running statistics (not trained, not in params).
 ``sw``: per-row sample weights, or an empty array (see losses.py).
 ``ctl`` float64: clip norm (0: off), track gradient health (0/1), L2 alpha
-(scikit-learn's: the loss gets alpha/(2n) sum W^2 and dW gets alpha/n W, weights only).
+(scikit-learn's: the loss gets alpha/(2 s) sum W^2 and dW gets alpha/s W, weights only,
+with s the batch's total sample weight: its row count when unweighted).
 """
 
 import numpy as np
@@ -27,7 +28,7 @@ from .._blas import gemm
 from .._config import JIT
 from .activations import activation_backward, activation_forward
 from .dropout import dropout_backward, dropout_forward
-from .losses import correct_count, loss_backward, loss_forward, output_forward
+from .losses import _inv_total, correct_count, loss_backward, loss_forward, output_forward
 from .norm import NO_NORM, norm_backward, norm_forward
 from .optim import all_finite, diff_sq_sum, optimizer_update, sq_sum
 
@@ -118,19 +119,20 @@ def loss_forward_all(params, nstate, ws, layout, fpar, meta, X, T, labels, use_l
 
 
 @njit(**JIT)
-def l2_penalty(params, layout, alpha, n):
-    # alpha / (2 n) * sum of every W^2 (biases and norm parameters excluded, as scikit-learn)
+def l2_penalty(params, layout, alpha, sw, n):
+    # alpha / (2 s) * sum of every W^2 (biases and norm parameters excluded), s = sum of the
+    # batch's row weights (n when unweighted; a batch of weight 0 gets no penalty), as scikit-learn
     s = 0.0
     for l in range(layout.shape[0]):
         W_off = layout[l, W_OFF]
         s += sq_sum(params[W_off:W_off + layout[l, N_IN] * layout[l, N_OUT]])
-    return 0.5 * alpha * s / n
+    return 0.5 * alpha * s * _inv_total(sw, n)
 
 
 @njit(**JIT)
 def backward_all(grads, params, ws, layout, fpar, meta, X, T, labels, use_labels, sw, n, l2):
     # after loss_forward_all(training=True): grads (same layout as params) <- d loss / d params
-    # (overwritten, not accumulated); with l2 = alpha > 0, dW also gets alpha/n W
+    # (overwritten, not accumulated); with l2 = alpha > 0, dW also gets alpha/s W (s: see l2_penalty)
     L = layout.shape[0] - 1
     cur, other = meta[G0_OFF], meta[G1_OFF]
     k = layout[L, N_OUT]
@@ -144,11 +146,11 @@ def backward_all(grads, params, ws, layout, fpar, meta, X, T, labels, use_labels
         dW, _ = layer_params(grads, layout, l)
         inp = X if l == 0 else view2(ws, layout[l - 1, D_OFF], n, n_in)
         if l2 > 0.0:
-            c = l2 / n
+            c = l2 * _inv_total(sw, n)
             for i in range(n_in):
                 for j in range(dW.shape[1]):
                     dW[i, j] = c * W[i, j]
-            gemm(True, False, 1.0, inp, dZ, 1.0, dW)          # dW = X^T dZ + alpha/n W
+            gemm(True, False, 1.0, inp, dZ, 1.0, dW)          # dW = X^T dZ + alpha/s W
         else:
             gemm(True, False, 1.0, inp, dZ, 0.0, dW)          # dW = X^T dZ
         if l == 0:
@@ -186,7 +188,7 @@ def train_batch(params, grads, nstate, ws, layout, fpar, meta, rng, X, T, labels
     l2 = ctl[L2]
     loss = loss_forward_all(params, nstate, ws, layout, fpar, meta, X, T, labels, use_labels, sw, n, True, rng)
     if l2 > 0.0:
-        loss += l2_penalty(params, layout, l2, n)
+        loss += l2_penalty(params, layout, l2, sw, n)
     if not np.isfinite(loss):
         return loss, BAD_LOSS
     backward_all(grads, params, ws, layout, fpar, meta, X, T, labels, use_labels, sw, n, l2)
