@@ -41,6 +41,7 @@ class History:
     def __init__(self):
         self.history = {}
         self.epoch = []
+        self.interrupted = False   # True when Ctrl-C stopped the fit
 
     def _append(self, epoch, **values):
         self.epoch.append(epoch)
@@ -74,6 +75,24 @@ def _isatty(stream):
     try:
         return stream.isatty()
     except (AttributeError, ValueError):
+        return False
+
+
+class _closing_on_error:
+    """If fit raises, let callbacks release what they hold (CSVLogger's file) via ``_abort()``."""
+
+    def __init__(self, callbacks):
+        self.callbacks = callbacks
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            for cb in self.callbacks:
+                abort = getattr(cb, "_abort", None)
+                if abort is not None:
+                    abort()
         return False
 
 
@@ -520,7 +539,7 @@ class Network:
         interrupted = _InterruptFlag()
         samples_seen = initial_epoch * N
         chunk = 1
-        with interrupted:
+        with interrupted, _closing_on_error(callbacks):
             for cb in callbacks:
                 cb.on_train_begin({})
             for epoch in range(initial_epoch, epochs):
@@ -565,6 +584,7 @@ class Network:
                 if bi < n_batches:       # stopped inside the epoch: Ctrl-C, divergence or a batch callback
                     progress.close()
                     if interrupted.flag:
+                        hist.interrupted = True
                         warnings.warn(f"Training interrupted by user in epoch {epoch + 1} after {bi} of {n_batches} "
                                       f"batches; the network keeps its weights and the history of the finished "
                                       f"epochs.", UserWarning, stacklevel=2)
@@ -588,6 +608,7 @@ class Network:
                 progress.end(epoch, logs, seconds)
                 if self.stop_training or interrupted.flag:
                     if interrupted.flag:
+                        hist.interrupted = True
                         warnings.warn(f"Training interrupted by user after epoch {epoch + 1}; the network keeps "
                                       f"its weights and history.", UserWarning, stacklevel=2)
                     break

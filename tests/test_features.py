@@ -507,8 +507,6 @@ def test_model_checkpoint_save_best_only_writes_on_improvement(tmp_path):
     assert only_files(tmp_path) == ["b-1.npz"]
 
 
-@pytest.mark.xfail(strict=True, reason="ModelCheckpoint's path fields are not checked before training: "
-                                      "a KeyError after the first epoch instead of an InputError")
 def test_model_checkpoint_path_field_fit_does_not_record_is_refused_before_training(tmp_path):
     X, y = blobs(n=40)
     net = trained_clf()
@@ -574,8 +572,6 @@ def test_terminate_on_nan_stops_cleanly_with_the_last_finite_weights():
     assert np.array_equal(net2.params, net.params) and net2.history.epoch == [0, 1]
 
 
-@pytest.mark.xfail(strict=True, reason="on_train_end is not called when fit raises (as in Keras), so "
-                                      "CSVLogger leaves its file open after a DivergenceError")
 def test_csv_logger_closes_its_file_when_fit_raises(tmp_path):
     X, y, net, opt = diverging()
     logger = fb.CSVLogger(tmp_path / "log.csv")
