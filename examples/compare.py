@@ -1,7 +1,7 @@
 """fastbp beside PyTorch and scikit-learn: training samples/s on the standard workloads.
 
     python examples/compare.py [--out DIR] [--workload small,regress] [--peers fastbp,torch,sklearn]
-                               [--rounds 1] [--threads 2] [--quick]
+                               [--rounds 1] [--threads 1] [--quick]
 
 A thin front end to the project's comparison harness, ``python -m fastbp.bench``: it runs
 the harness (each peer in its own process, all starting from the same weights and training
@@ -10,8 +10,15 @@ tables, reads the ``--json`` report it writes and draws samples/s per workload a
 bar chart, DIR/compare.png, when matplotlib is installed. Peers that are not installed are
 skipped with a note. The harness also knows ``torch-fused``, ``jax``, ``numpy`` (backprop by
 hand) and the workloads ``mnist`` and ``wide`` (minutes, not seconds); see
-``python -m fastbp.bench --help``. ``--quick`` runs the harness's tiny mode (a few hundred
-samples, for tests): its figures only show that everything runs, not speed.
+``python -m fastbp.bench --help``.
+
+One thread by default: at these layer sizes no peer gains much from a second one (the README's
+table uses 2; pass ``--threads 2`` to match it), and on a machine where other processes are
+busy a spinning thread pool can slow a peer down a hundredfold (torch's OpenMP pool on 2 busy
+cores: 216 samples/s instead of 50k), which the harness's cpu/wall column shows.
+
+``--quick`` runs the harness's tiny mode (a few hundred samples, for tests): its figures only
+show that everything runs, not speed.
 """
 
 import argparse
@@ -83,7 +90,7 @@ def main(argv=None):
     ap.add_argument("--peers", default="fastbp,torch,sklearn",
                     help="comma list; those not installed are skipped (default: fastbp,torch,sklearn)")
     ap.add_argument("--rounds", type=int, default=1)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="threads per peer (default: 1; the README uses 2)")
     ap.add_argument("--quick", action="store_true", help="the harness's tiny mode (for tests)")
     args = ap.parse_args(argv)
 
