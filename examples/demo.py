@@ -48,7 +48,7 @@ def main(argv=None):
     print(f"compile (first run) or load from cache: {t_first:.2f} s")
     t0 = time.perf_counter()
     hist = net.fit(Xtr, ytr, epochs=args.epochs, batch_size=32, optimizer=opt,
-                   validation_data=(Xte, yte), verbose=1)
+                   validation_data=(Xte, yte), verbose=2)
     seconds = time.perf_counter() - t0
     test = net.evaluate(Xte, yte)
     train = net.evaluate(Xtr, ytr)

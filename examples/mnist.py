@@ -80,7 +80,7 @@ def main(argv=None):
     t0 = time.perf_counter()
     # the first epoch includes compiling the kernels, or loading them from Numba's cache
     hist = net.fit(Xtr, ytr, epochs=epochs, batch_size=args.batch_size, optimizer=fb.Adam(lr=1e-3),
-                   validation_data=(Xte, yte), verbose=1)
+                   validation_data=(Xte, yte), verbose=2)
     seconds = time.perf_counter() - t0
     test = net.evaluate(Xte, yte)
     print(f"test loss {test['loss']:.4f}, test accuracy {test['accuracy']:.2%} "
