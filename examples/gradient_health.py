@@ -68,9 +68,11 @@ def main(argv=None):
     ax1.legend()
     ax2.legend()
     fig.tight_layout()
+    os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "gradient_health.png")
     fig.savefig(path, dpi=110)
-    print(f"saved {path}")
+    plt.close(fig)
+    print(f"plot: {path}")
     return 0
 
 

@@ -26,7 +26,8 @@ def run(script, *args, cwd):
     ("spirals.py", "spirals.png", "test acc"),
     # the harness's tiny mode with fastbp alone: torch and sklearn would add seconds of imports
     ("compare.py --peers fastbp", "compare.png", "summary (training samples/s"),
-], ids=["digits", "regression", "spirals", "compare"])
+    ("gradient_health.py", "gradient_health.png", "first-layer / last-layer gradient norm"),
+], ids=["digits", "regression", "spirals", "compare", "gradient_health"])
 def test_example_runs_and_plots(tmp_path, script, png, says):
     script, *extra = script.split()
     out = run(script, "--quick", "--out", str(tmp_path / "plots"), *extra, cwd=tmp_path)
