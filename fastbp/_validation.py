@@ -1,5 +1,6 @@
 """Checks at the edge: public methods validate once, the kernels check nothing."""
 
+import math
 import numbers
 
 import numpy as np
@@ -93,10 +94,25 @@ def check_targets(y, loss_code, n_out, n, dtype, name="y", x_name="X"):
     return T, None, False
 
 
-def check_positive_int(v, name):
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
-        raise InputError(f"{name} must be an integer >= 1, got {v!r}")
+def check_int(v, name, lo):
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < lo:
+        raise InputError(f"{name} must be an integer >= {lo}, got {v!r}")
     return int(v)
+
+
+def check_positive_int(v, name):
+    return check_int(v, name, 1)
+
+
+def check_float(v, name, lo=0.0, hi=math.inf, lo_open=False, hi_open=False):
+    """A real number (not a bool or a string), finite, in the interval [lo, hi] (ends open as asked)."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise InputError(f"{name} must be a number, got {v!r}")
+    f = float(v)
+    if not math.isfinite(f) or (f <= lo if lo_open else f < lo) or (f >= hi if hi_open else f > hi):
+        raise InputError(f"{name} must be a finite number in {'(' if lo_open else '['}{lo}, {hi}"
+                         f"{')' if hi_open else ']'}, got {v!r}")
+    return f
 
 
 def check_choice(v, name, choices):

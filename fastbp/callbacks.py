@@ -22,6 +22,7 @@ import warnings
 
 import numpy as np
 
+from ._validation import check_float, check_int
 from .errors import InputError
 
 __all__ = ["Callback", "EarlyStopping", "ModelCheckpoint", "CSVLogger", "TerminateOnNaN", "LambdaCallback"]
@@ -29,7 +30,8 @@ __all__ = ["Callback", "EarlyStopping", "ModelCheckpoint", "CSVLogger", "Termina
 
 class Callback:
     model = None
-    #: fit hands control back after every batch only for callbacks that need it
+    #: a callback that overrides on_batch_end makes fit hand control back after every batch,
+    #: unless it sets this to False (it is then called for each batch after the fact)
     needs_every_batch = True
 
     def set_model(self, model):
@@ -54,8 +56,9 @@ class Callback:
         """History keys this callback reads; fit checks them before training starts."""
         return ()
 
-    def _wants_batches(self):
-        return self.needs_every_batch and type(self).on_batch_end is not Callback.on_batch_end
+    def _has_batch_hook(self):
+        # overridden in a subclass, or set on the instance (LambdaCallback)
+        return getattr(self.on_batch_end, "__func__", None) is not Callback.on_batch_end
 
 
 def _mode(mode, monitor):
@@ -79,16 +82,12 @@ class EarlyStopping(Callback):
     of its best epoch when it stops. ``baseline``: stop unless the value beats it within
     ``patience`` epochs. As Keras' EarlyStopping.
     """
-    needs_every_batch = False
 
     def __init__(self, monitor="val_loss", min_delta=0.0, patience=0, mode="auto", restore_best_weights=False,
                  baseline=None, verbose=0):
         self.monitor = _check_monitor(monitor)
-        if isinstance(min_delta, bool) or not isinstance(min_delta, (int, float)) or not min_delta >= 0:
-            raise InputError(f"min_delta must be a number >= 0, got {min_delta!r}")
-        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
-            raise InputError(f"patience must be an integer >= 0, got {patience!r}")
-        self.min_delta, self.patience = float(min_delta), patience
+        self.min_delta = check_float(min_delta, "min_delta")
+        self.patience = check_int(patience, "patience", 0)
         self.mode = _mode(mode, monitor)
         self.restore_best_weights, self.baseline, self.verbose = bool(restore_best_weights), baseline, verbose
         self.best_weights = None
@@ -132,7 +131,6 @@ class ModelCheckpoint(Callback):
     ``path`` may hold format fields filled from the epoch (1-based) and its logs, e.g.
     ``"ckpt-{epoch:03d}-{val_loss:.3f}.npz"``. Every write is atomic (``Network.save``).
     """
-    needs_every_batch = False
 
     def __init__(self, path, monitor="val_loss", save_best_only=False, mode="auto", verbose=0):
         self.path = os.fspath(path)
@@ -171,7 +169,6 @@ class CSVLogger(Callback):
     ``append=True`` continues an existing file (for resumed training). Rows are
     flushed as they are written.
     """
-    needs_every_batch = False
 
     def __init__(self, path, separator=",", append=False):
         self.path, self.separator, self.append = os.fspath(path), separator, bool(append)
@@ -241,7 +238,3 @@ class LambdaCallback(Callback):
                 if not callable(f):
                     raise InputError(f"{name} must be callable, got {f!r}")
                 setattr(self, name, f)
-        self.needs_every_batch = on_batch_end is not None
-
-    def _wants_batches(self):
-        return self.needs_every_batch

@@ -17,14 +17,14 @@ import warnings
 import numpy as np
 
 from . import _buffers
-from ._validation import (check_choice, check_positive_int, check_sample_weight, check_targets, check_X,
+from ._validation import (check_choice, check_float, check_int, check_positive_int, check_sample_weight, check_targets, check_X,
                           class_weights_per_row)
 from .callbacks import Callback
 from .errors import DivergenceError, InputError, ModelFileError, ModelNotFoundError
 from .kernels import network as K
 from .kernels.activations import ACTIVATIONS, ALIASES, DEFAULT_ALPHA, RELU_LIKE
 from .kernels.losses import DEFAULT_LOSS, PAIRS, SIGMOID_BCE, SOFTMAX_CE
-from .kernels.norm import BATCH_NORM, NO_NORM, NORMS
+from .kernels.norm import NO_NORM, NORMS
 from .optim import Optimizer, from_config, get_optimizer
 from .schedules import Schedule, check_rates, check_schedule
 
@@ -60,15 +60,6 @@ def _as_list(v):
         return list(v)
     except TypeError:
         return None
-
-
-def _float_in(name, v, lo, hi, lo_open=False):
-    if isinstance(v, bool) or not isinstance(v, numbers.Real):
-        raise InputError(f"{name} must be a number, got {v!r}")
-    f = float(v)
-    if not math.isfinite(f) or (f <= lo if lo_open else f < lo) or f > hi:
-        raise InputError(f"{name} must be a finite number in {'(' if lo_open else '['}{lo}, {hi}], got {v!r}")
-    return f
 
 
 def _isatty(stream):
@@ -242,8 +233,8 @@ class Network:
             raise InputError(f"norm must be None, 'batch', 'layer' or one per hidden layer ({n_hidden}), "
                              f"got {norm!r}")
         self.norm = [None if check_choice(v, "norm", NORMS) in (None, "none") else v for v in norms]
-        self.norm_momentum = _float_in("norm_momentum", norm_momentum, 0.0, 1.0)
-        self.norm_eps = _float_in("norm_eps", norm_eps, 0.0, math.inf, lo_open=True)
+        self.norm_momentum = check_float(norm_momentum, "norm_momentum", 0.0, 1.0)
+        self.norm_eps = check_float(norm_eps, "norm_eps", lo_open=True)
 
         self._act_codes = [ACTIVATIONS[a] for a in self.activations]
         self._alphas = [DEFAULT_ALPHA.get(c, 0.0) for c in self._act_codes]
@@ -460,12 +451,11 @@ class Network:
         """
         epochs = check_positive_int(epochs, "epochs")
         batch_size = check_positive_int(batch_size, "batch_size")
-        if isinstance(initial_epoch, bool) or not isinstance(initial_epoch, numbers.Integral) or initial_epoch < 0:
-            raise InputError(f"initial_epoch must be an integer >= 0, got {initial_epoch!r}")
+        initial_epoch = check_int(initial_epoch, "initial_epoch", 0)
         if verbose not in ("auto", 0, 1, 2) or isinstance(verbose, bool):
             raise InputError(f"verbose must be 'auto', 0, 1 or 2, got {verbose!r}")
         if clip_norm is not None:
-            clip_norm = _float_in("clip_norm", clip_norm, 0.0, math.inf, lo_open=True)
+            clip_norm = check_float(clip_norm, "clip_norm", lo_open=True)
         callbacks = list(callbacks or [])
         for cb in callbacks:
             if isinstance(cb, Schedule):
@@ -528,7 +518,8 @@ class Network:
         ctl[:] = (clip_norm or 0.0, 1.0 if track_gradients else 0.0, self._l2)
         tstats = self._tstats
         pprev = np.empty_like(self.params) if track_gradients else self._no_pprev
-        per_batch = any(cb._wants_batches() for cb in callbacks)
+        batch_cbs = [cb for cb in callbacks if cb._has_batch_hook()]
+        per_batch = any(cb.needs_every_batch for cb in batch_cbs)
         progress = _Progress(verbose, N, epochs)
 
         hist = History()
@@ -564,18 +555,17 @@ class Network:
                     dt = time.perf_counter() - tc
                     if status != K.OK:
                         logs = {"loss": float(stats[done, 0]), "size": int(sizes[done])}
-                        for cb in callbacks:
+                        for cb in batch_cbs:
                             cb.on_batch_end(done, logs)
                         progress.close()
                         if self.stop_training:   # a callback (TerminateOnNaN) chose to stop quietly
                             break
                         self._raise_diverged(status, stats[done, 0], f"epoch {epoch + 1}, batch {done + 1}")
                     chunk = max(1, min(n_batches, int(CHUNK_SECONDS * (b1 - bi) / max(dt, 1e-9))))
-                    if per_batch or callbacks:
-                        for b in range(bi, b1):
-                            logs = {"loss": float(stats[b, 0]), "size": int(sizes[b])}
-                            for cb in callbacks:
-                                cb.on_batch_end(b, logs)
+                    for b in range(bi, b1) if batch_cbs else ():
+                        logs = {"loss": float(stats[b, 0]), "size": int(sizes[b])}
+                        for cb in batch_cbs:
+                            cb.on_batch_end(b, logs)
                     progress.update(int(sizes[bi:b1].sum()), float(stats[b1 - 1, 0]))
                     bi = b1
                     if self.stop_training:

@@ -6,27 +6,14 @@ step is one pass over memory. An optimizer binds to the first network it
 updates; use a new one for another network.
 """
 
-import math
 import weakref
 
 import numpy as np
 
+from ._validation import check_float
 from .errors import InputError
 from .kernels import optim as K
 from .schedules import SCHEDULES, check_schedule, schedule_from_config
-
-
-def _check_float(name, v, lo=0.0, hi=math.inf, lo_open=False, hi_open=False):
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        raise InputError(f"{name} must be a number, got {v!r}") from None
-    bad_lo = f <= lo if lo_open else f < lo
-    bad_hi = f >= hi if hi_open else f > hi
-    if not math.isfinite(f) or bad_lo or bad_hi:
-        rng = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
-        raise InputError(f"{name} must be a finite number in {rng}, got {v!r}")
-    return f
 
 
 class Optimizer:
@@ -114,10 +101,10 @@ class SGD(Optimizer):
     _fields = ("lr", "momentum", "dampening", "weight_decay", "nesterov")
 
     def __init__(self, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, schedule=None):
-        self.lr = _check_float("lr", lr)
-        self.momentum = _check_float("momentum", momentum)
-        self.dampening = _check_float("dampening", dampening, 0.0, 1.0)
-        self.weight_decay = _check_float("weight_decay", weight_decay)
+        self.lr = check_float(lr, "lr")
+        self.momentum = check_float(momentum, "momentum")
+        self.dampening = check_float(dampening, "dampening", 0.0, 1.0)
+        self.weight_decay = check_float(weight_decay, "weight_decay")
         self.nesterov = bool(nesterov)
         if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
             raise InputError("Nesterov momentum requires momentum > 0 and dampening = 0")
@@ -144,15 +131,15 @@ class Adam(Optimizer):
     _decoupled = False
 
     def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, schedule=None):
-        self.lr = _check_float("lr", lr)
+        self.lr = check_float(lr, "lr")
         try:
             b1, b2 = betas
         except (TypeError, ValueError):
             raise InputError(f"betas must be a pair (beta1, beta2), got {betas!r}") from None
-        self.betas = (_check_float("betas[0]", b1, 0.0, 1.0, hi_open=True),
-                      _check_float("betas[1]", b2, 0.0, 1.0, hi_open=True))
-        self.eps = _check_float("eps", eps)
-        self.weight_decay = _check_float("weight_decay", weight_decay)
+        self.betas = (check_float(b1, "betas[0]", 0.0, 1.0, hi_open=True),
+                      check_float(b2, "betas[1]", 0.0, 1.0, hi_open=True))
+        self.eps = check_float(eps, "eps")
+        self.weight_decay = check_float(weight_decay, "weight_decay")
         self.amsgrad = bool(amsgrad)
         super().__init__(schedule)
 
@@ -187,11 +174,11 @@ class RMSprop(Optimizer):
 
     def __init__(self, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False,
                  schedule=None):
-        self.lr = _check_float("lr", lr)
-        self.alpha = _check_float("alpha", alpha, 0.0, 1.0)
-        self.eps = _check_float("eps", eps)
-        self.weight_decay = _check_float("weight_decay", weight_decay)
-        self.momentum = _check_float("momentum", momentum)
+        self.lr = check_float(lr, "lr")
+        self.alpha = check_float(alpha, "alpha", 0.0, 1.0)
+        self.eps = check_float(eps, "eps")
+        self.weight_decay = check_float(weight_decay, "weight_decay")
+        self.momentum = check_float(momentum, "momentum")
         self.centered = bool(centered)
         super().__init__(schedule)
 

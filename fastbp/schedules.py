@@ -13,29 +13,12 @@ to ``fit(schedule=...)``. Schedules with state (``ReduceLROnPlateau``) also get
 """
 
 import math
-import numbers
 
+from ._validation import check_float, check_int
 from .errors import InputError
 
 __all__ = ["Schedule", "Constant", "StepDecay", "ExponentialDecay", "CosineAnnealing", "InverseScaling",
            "ReduceLROnPlateau", "schedule_from_config"]
-
-
-def _num(name, v, lo=0.0, lo_open=False, hi=math.inf, hi_open=False):
-    if isinstance(v, bool) or not isinstance(v, numbers.Real):
-        raise InputError(f"{name} must be a number, got {v!r}")
-    f = float(v)
-    bad = (not math.isfinite(f) or (f <= lo if lo_open else f < lo) or (f >= hi if hi_open else f > hi))
-    if bad:
-        raise InputError(f"{name} must be a finite number in {'(' if lo_open else '['}{lo}, {hi}"
-                         f"{')' if hi_open else ']'}, got {v!r}")
-    return f
-
-
-def _int(name, v, lo):
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < lo:
-        raise InputError(f"{name} must be an integer >= {lo}, got {v!r}")
-    return int(v)
 
 
 class Schedule:
@@ -71,8 +54,8 @@ class StepDecay(Schedule):
     _fields = ("step_size", "gamma")
 
     def __init__(self, step_size, gamma=0.1):
-        self.step_size = _int("step_size", step_size, 1)
-        self.gamma = _num("gamma", gamma, 0.0, lo_open=True)
+        self.step_size = check_int(step_size, "step_size", 1)
+        self.gamma = check_float(gamma, "gamma", 0.0, lo_open=True)
 
     def __call__(self, epoch, base_lr, samples_seen=0):
         return base_lr * self.gamma ** (epoch // self.step_size)
@@ -83,7 +66,7 @@ class ExponentialDecay(Schedule):
     _fields = ("gamma",)
 
     def __init__(self, gamma):
-        self.gamma = _num("gamma", gamma, 0.0, lo_open=True)
+        self.gamma = check_float(gamma, "gamma", 0.0, lo_open=True)
 
     def __call__(self, epoch, base_lr, samples_seen=0):
         return base_lr * self.gamma ** epoch
@@ -99,9 +82,9 @@ class CosineAnnealing(Schedule):
     _fields = ("T_max", "eta_min", "warmup_epochs")
 
     def __init__(self, T_max, eta_min=0.0, warmup_epochs=0):
-        self.T_max = _int("T_max", T_max, 1)
-        self.eta_min = _num("eta_min", eta_min)
-        self.warmup_epochs = _int("warmup_epochs", warmup_epochs, 0)
+        self.T_max = check_int(T_max, "T_max", 1)
+        self.eta_min = check_float(eta_min, "eta_min")
+        self.warmup_epochs = check_int(warmup_epochs, "warmup_epochs", 0)
 
     def __call__(self, epoch, base_lr, samples_seen=0):
         if epoch < self.warmup_epochs:
@@ -116,7 +99,7 @@ class InverseScaling(Schedule):
     _fields = ("power_t", "per")
 
     def __init__(self, power_t=0.5, per="epoch"):
-        self.power_t = _num("power_t", power_t)
+        self.power_t = check_float(power_t, "power_t")
         if per not in ("epoch", "sample"):
             raise InputError(f"per must be 'epoch' or 'sample', got {per!r}")
         self.per = per
@@ -141,14 +124,14 @@ class ReduceLROnPlateau(Schedule):
         if not isinstance(monitor, str):
             raise InputError(f"monitor must be a history key such as 'val_loss', got {monitor!r}")
         self.monitor = monitor
-        self.factor = _num("factor", factor, 0.0, lo_open=True, hi=1.0, hi_open=True)
-        self.patience = _int("patience", patience, 0)
-        self.min_delta = _num("min_delta", min_delta)
+        self.factor = check_float(factor, "factor", 0.0, lo_open=True, hi=1.0, hi_open=True)
+        self.patience = check_int(patience, "patience", 0)
+        self.min_delta = check_float(min_delta, "min_delta")
         if mode not in ("auto", "min", "max"):
             raise InputError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
         self.mode = mode
-        self.cooldown = _int("cooldown", cooldown, 0)
-        self.min_lr = _num("min_lr", min_lr)
+        self.cooldown = check_int(cooldown, "cooldown", 0)
+        self.min_lr = check_float(min_lr, "min_lr")
         self.scale, self.best, self.wait, self.cooldown_left = 1.0, None, 0, 0
 
     def monitors(self):
