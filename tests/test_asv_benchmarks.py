@@ -71,8 +71,8 @@ def _cases():
     for mod in _import_package():
         short = mod.__name__.rsplit(".", 1)[1]
         for name, obj in vars(mod).items():
-            if getattr(obj, "__module__", None) != mod.__name__:
-                continue
+            if name.startswith("_") or getattr(obj, "__module__", None) != mod.__name__:
+                continue   # asv, too, collects no name with a leading underscore
             if inspect.isclass(obj):
                 methods = sorted(n for n in dir(obj) if _is_bench(n) and callable(getattr(obj, n)))
                 if not methods:

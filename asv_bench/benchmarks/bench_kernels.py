@@ -10,7 +10,7 @@ an argument keeps working, and one the benchmarked commit lacks is skipped.
 
 import numpy as np
 
-from .common import bind, kernel, use_threads
+from .common import _KernelPair, bind, kernel, use_threads
 
 DTYPES = ["float32", "float64"]
 
@@ -19,7 +19,7 @@ def _normal(rng, shape, dtype, scale=1.0):
     return (rng.standard_normal(shape) * scale).astype(dtype)
 
 
-class Dense:
+class Dense(_KernelPair):
     """Z = X @ W + b and its backward (dW, db and dX), a square layer: GEMMs through fastbp._blas."""
     params = [[32, 256], [64, 1024], DTYPES]
     param_names = ["batch", "width", "dtype"]
@@ -32,17 +32,7 @@ class Dense:
         v = dict(X=X, W=W, b=_normal(rng, width, dtype), Z=np.empty((batch, width), dtype),
                  dZ=_normal(rng, (batch, width), dtype), dX=np.empty_like(X), dW=np.empty_like(W),
                  db=np.empty(width, dtype), need_dx=True)
-        self.fwd = kernel("dense", "dense_forward")
-        self.bwd = kernel("dense", "dense_backward")
-        self.fwd_args, self.bwd_args = bind(self.fwd, v), bind(self.bwd, v)
-        self.fwd(*self.fwd_args)
-        self.bwd(*self.bwd_args)
-
-    def time_forward(self, batch, width, dtype):
-        self.fwd(*self.fwd_args)
-
-    def time_backward(self, batch, width, dtype):
-        self.bwd(*self.bwd_args)
+        self._bind_pair("dense", "dense", v)
 
 
 ACTIVATIONS = ["identity", "relu", "leaky_relu", "elu", "sigmoid", "tanh", "softplus", "gelu"]
@@ -50,7 +40,7 @@ ALPHA = {"leaky_relu": 0.01, "elu": 1.0}
 ACT_SHAPE = (256, 1024)
 
 
-class Activation:
+class Activation(_KernelPair):
     """A = f(Z + b) and dZ = dA f'(.) with db, on a (256, 1024) batch."""
     params = [ACTIVATIONS, DTYPES]
     param_names = ["activation", "dtype"]
@@ -61,25 +51,14 @@ class Activation:
         Z = _normal(rng, ACT_SHAPE, dtype, 2.0)
         v = dict(Z=Z, A=np.empty_like(Z), b=np.zeros(k, dtype), alpha=ALPHA.get(activation, 0.0),
                  dA=_normal(rng, ACT_SHAPE, dtype), dZ=np.empty_like(Z), db=np.empty(k, dtype))
-        self.fwd = kernel("activations", activation + "_forward")
-        self.bwd = kernel("activations", activation + "_backward")
-        self.fwd_args = bind(self.fwd, v)
-        self.fwd(*self.fwd_args)           # also makes A the backward's input
-        self.bwd_args = bind(self.bwd, v)
-        self.bwd(*self.bwd_args)
-
-    def time_forward(self, activation, dtype):
-        self.fwd(*self.fwd_args)
-
-    def time_backward(self, activation, dtype):
-        self.bwd(*self.bwd_args)
+        self._bind_pair("activations", activation, v)
 
 
 LOSSES = ["softmax_xent", "sigmoid_bce", "mse", "huber", "poisson"]
 LOSS_SHAPE = (1024, 10)
 
 
-class Loss:
+class Loss(_KernelPair):
     """Output layer + loss forward (returns the mean loss) and its fused gradient, (1024, 10)
     outputs; softmax cross-entropy from integer labels, as the network calls it for class labels.
     A pair the benchmarked fastbp lacks is skipped."""
@@ -102,18 +81,7 @@ class Loss:
         v = dict(Z=Z, P=np.empty_like(Z), b=np.zeros(k, dtype), T=T, labels=labels,
                  use_labels=loss == "softmax_xent", sw=np.zeros(0, dtype),
                  dZ=np.empty_like(Z), db=np.empty(k, dtype))
-        self.fwd = kernel("losses", loss + "_forward")
-        self.bwd = kernel("losses", loss + "_backward")
-        self.fwd_args = bind(self.fwd, v)
-        self.fwd(*self.fwd_args)           # also makes P the backward's input
-        self.bwd_args = bind(self.bwd, v)
-        self.bwd(*self.bwd_args)
-
-    def time_forward(self, loss, dtype):
-        self.fwd(*self.fwd_args)
-
-    def time_backward(self, loss, dtype):
-        self.bwd(*self.bwd_args)
+        self._bind_pair("losses", loss, v)
 
 
 # kernel and hyper-parameters per optimizer (torch.optim's defaults; SGD with momentum)
@@ -148,7 +116,7 @@ class OptimizerUpdate:
         self.update(*self.args)
 
 
-class Dropout:
+class Dropout(_KernelPair):
     """Inverted dropout (p = 0.2) forward with its mask, and backward, on a (256, 1024) batch."""
     params = [DTYPES]
     param_names = ["dtype"]
@@ -158,23 +126,13 @@ class Dropout:
         A = _normal(rng, ACT_SHAPE, dtype)
         v = dict(A=A, D=np.empty_like(A), M=np.empty_like(A), p=0.2, rng=np.array([12345], np.uint64),
                  dD=_normal(rng, ACT_SHAPE, dtype), dA=np.empty_like(A))
-        self.fwd = kernel("dropout", "dropout_forward")
-        self.bwd = kernel("dropout", "dropout_backward")
-        self.fwd_args, self.bwd_args = bind(self.fwd, v), bind(self.bwd, v)
-        self.fwd(*self.fwd_args)
-        self.bwd(*self.bwd_args)
-
-    def time_forward(self, dtype):
-        self.fwd(*self.fwd_args)
-
-    def time_backward(self, dtype):
-        self.bwd(*self.bwd_args)
+        self._bind_pair("dropout", "dropout", v)
 
 
 NORMS = ["batchnorm", "layernorm"]
 
 
-class Norm:
+class Norm(_KernelPair):
     """Batch and layer norm forward (in place on Z, training mode) and backward (in place on dY),
     on a (256, 1024) batch. Both are in-place only; normalising normalised data, or projecting
     an already projected gradient, changes it no further, so repeated calls see the same data."""
@@ -190,14 +148,4 @@ class Norm:
                  b=np.zeros(k, dtype), gamma=np.ones(k, dtype), run_mean=np.zeros(k, dtype),
                  run_var=np.ones(k, dtype), momentum=0.1, eps=1e-5, training=True,
                  dY=_normal(rng, ACT_SHAPE, dtype), db=np.empty(k, dtype), dgamma=np.empty(k, dtype))
-        self.fwd = kernel("norm", norm + "_forward")
-        self.bwd = kernel("norm", norm + "_backward")
-        self.fwd_args, self.bwd_args = bind(self.fwd, v), bind(self.bwd, v)
-        self.fwd(*self.fwd_args)
-        self.bwd(*self.bwd_args)
-
-    def time_forward(self, norm, dtype):
-        self.fwd(*self.fwd_args)
-
-    def time_backward(self, norm, dtype):
-        self.bwd(*self.bwd_args)
+        self._bind_pair("norm", norm, v)
