@@ -25,7 +25,7 @@ import numpy as np
 from numba import njit
 
 from .._blas import gemm
-from .._config import JIT
+from .._config import INLINE, JIT
 from .activations import activation_backward, activation_forward
 from .dropout import dropout_backward, dropout_forward
 from .losses import _inv_total, correct_count, loss_backward, loss_forward, output_forward
@@ -61,7 +61,7 @@ def vec(buf, off, k):
     return buf[off:off + k]
 
 
-@njit(**JIT)
+@njit(**INLINE)
 def hidden_forward(params, nstate, ws, layout, fpar, X, n, training, rng):
     # X (n, n_in0) -> returns the (n, n_out) input of the output layer (a view into ws)
     inp = X
@@ -91,7 +91,7 @@ def hidden_forward(params, nstate, ws, layout, fpar, X, n, training, rng):
     return inp
 
 
-@njit(**JIT)
+@njit(**INLINE)
 def predict_forward(params, nstate, ws, layout, fpar, meta, rng, X, n):
     # inference: no dropout (rng is not read), running norm statistics; returns P (n, k_out), a view into ws
     inp = hidden_forward(params, nstate, ws, layout, fpar, X, n, False, rng)
@@ -105,7 +105,7 @@ def predict_forward(params, nstate, ws, layout, fpar, meta, rng, X, n):
     return P
 
 
-@njit(**JIT)
+@njit(**INLINE)
 def loss_forward_all(params, nstate, ws, layout, fpar, meta, X, T, labels, use_labels, sw, n, training, rng):
     # forward through every layer and the loss; returns the (weighted) mean loss of the n rows
     inp = hidden_forward(params, nstate, ws, layout, fpar, X, n, training, rng)
@@ -129,7 +129,7 @@ def l2_penalty(params, layout, alpha, sw, n):
     return 0.5 * alpha * s * _inv_total(sw, n)
 
 
-@njit(**JIT)
+@njit(**INLINE)
 def backward_all(grads, params, ws, layout, fpar, meta, X, T, labels, use_labels, sw, n, l2):
     # after loss_forward_all(training=True): grads (same layout as params) <- d loss / d params
     # (overwritten, not accumulated); with l2 = alpha > 0, dW also gets alpha/s W (s: see l2_penalty)
@@ -175,7 +175,7 @@ def backward_all(grads, params, ws, layout, fpar, meta, X, T, labels, use_labels
         cur, other = other, cur
 
 
-@njit(**JIT)
+@njit(**INLINE)
 def train_batch(params, grads, nstate, ws, layout, fpar, meta, rng, X, T, labels, use_labels, sw, n,
                 opt_kind, s1, s2, s3, hp, step, ctl, tstats, pprev):
     """One step on rows 0..n of X/T/labels/sw. Returns (loss, status); the update is
@@ -209,7 +209,8 @@ def train_batch(params, grads, nstate, ws, layout, fpar, meta, rng, X, T, labels
     elif not all_finite(grads):
         return loss, BAD_GRAD
     if track:
-        pprev[:] = params
+        for i in range(params.shape[0]):   # (a loop: slice assignment compiles a string-formatting error path)
+            pprev[i] = params[i]
     step[0] += 1
     optimizer_update(opt_kind, params, grads, s1, s2, s3, hp, step[0], gscale)
     if track:
@@ -265,13 +266,21 @@ def train_epoch(params, grads, nstate, ws, layout, fpar, meta, rng, X, T, labels
 
 
 @njit(**JIT)
+def copy_rows(out, s, P):
+    # out[s:s + n] = P, P (n, k): a loop, since slice assignment compiles a string-formatting error path
+    for i in range(P.shape[0]):
+        for j in range(P.shape[1]):
+            out[s + i, j] = P[i, j]
+
+
+@njit(**JIT)
 def predict_all(out, params, nstate, ws, layout, fpar, meta, rng, X, batch_size):
     # out (N, k_out) <- network output for every row of X, batch_size rows at a time
     N = X.shape[0]
     for s in range(0, N, batch_size):
         e = min(N, s + batch_size)
         P = predict_forward(params, nstate, ws, layout, fpar, meta, rng, X[s:e], e - s)
-        out[s:e] = P
+        copy_rows(out, s, P)
 
 
 @njit(**JIT)
@@ -294,5 +303,5 @@ def loss_all(params, nstate, ws, layout, fpar, meta, rng, X, T, labels, use_labe
         total += wsum * loss_forward_all(params, nstate, ws, layout, fpar, meta, X[s:e], T[s:e], labels[s:e],
                                          use_labels, wb, n, False, rng)
         wtotal += wsum
-        out[s:e] = view2(ws, layout[layout.shape[0] - 1, A_OFF], n, out.shape[1])
+        copy_rows(out, s, view2(ws, layout[layout.shape[0] - 1, A_OFF], n, out.shape[1]))
     return total / wtotal if wtotal > 0.0 else 0.0
