@@ -26,6 +26,10 @@ JIT = dict(nogil=True, cache=True, error_model="numpy", fastmath=False, boundsch
 # kernels too made it slower: Numba's inliner deep-copies the callee's IR per block.)
 INLINE = dict(JIT, inline="always")
 
+# Options of the dispatchers written as ``numba.extending.overload`` (kernels/kset.py):
+# they compile inside their caller, which is the cached function.
+OVERLOAD_JIT = {k: v for k, v in JIT.items() if k != "cache"}
+
 _PKG_DIR = os.path.dirname(os.path.abspath(__file__))
 
 

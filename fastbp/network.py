@@ -24,6 +24,7 @@ from .errors import DivergenceError, InputError, ModelFileError, ModelNotFoundEr
 from .kernels import network as K
 from .kernels.activations import ACTIVATIONS, ALIASES, DEFAULT_ALPHA, RELU_LIKE
 from .kernels.losses import DEFAULT_LOSS, PAIRS, SIGMOID_BCE, SOFTMAX_CE
+from .kernels.kset import kernel_set
 from .kernels.norm import NO_NORM, NORMS
 from .optim import Optimizer, from_config, get_optimizer
 from .schedules import Schedule, check_rates, check_schedule
@@ -361,6 +362,13 @@ class Network:
                 raise InputError("class_weight (with sample_weight) gives every row the weight 0")
         return X, T, labels, use_labels, sw
 
+    def _kernels(self, opt_kind=None, training=False):
+        """The KernelSet the compiled drivers get (kernels/kset.py): this network's activations,
+        loss pair and norms, and when training its dropout and the optimizer ``opt_kind``. A
+        driver is compiled once per set, with only those kernels in it."""
+        return kernel_set(self._act_codes, self._loss_code, opt_kind, self._norm_codes,
+                          training and any(p > 0.0 for p in self.dropout))
+
     def _kernel_optimizer(self, optimizer):
         opt = get_optimizer(optimizer if optimizer is not None else (self.optimizer or "adam"))
         s1, s2, s3 = opt._bind(self)
@@ -381,7 +389,7 @@ class Network:
         n = X.shape[0]
         ws, layout, fpar, meta = self._workspace(n)
         self._ctl[:] = (0.0, 0.0, self._l2)
-        loss, status = K.train_batch(self.params, self.grads, self.norm_state, ws, layout, fpar, meta, self._rng,
+        loss, status = K.train_batch(self._kernels(opt.kind, True), self.params, self.grads, self.norm_state, ws, layout, fpar, meta, self._rng,
                                      X, T, labels, use_labels, sw, n, opt.kind, s1, s2, s3, opt._hparams(),
                                      opt._step, self._ctl, self._tstats, self._no_pprev)
         if status != K.OK:
@@ -391,11 +399,11 @@ class Network:
     def _loss_grad(self, X, T, labels, use_labels, sw):
         n = X.shape[0]
         ws, layout, fpar, meta = self._workspace(n)
-        loss = K.loss_forward_all(self.params, self.norm_state, ws, layout, fpar, meta, X, T, labels, use_labels,
+        loss = K.loss_forward_all(self._kernels(training=True), self.params, self.norm_state, ws, layout, fpar, meta, X, T, labels, use_labels,
                                   sw, n, True, self._rng)
         if self._l2 > 0:
             loss += K.l2_penalty(self.params, layout, self._l2, sw, n)
-        K.backward_all(self.grads, self.params, ws, layout, fpar, meta, X, T, labels, use_labels, sw, n, self._l2)
+        K.backward_all(self._kernels(training=True), self.grads, self.params, ws, layout, fpar, meta, X, T, labels, use_labels, sw, n, self._l2)
         return float(loss)
 
     def loss_and_gradients(self, X, y, sample_weight=None):
@@ -545,11 +553,12 @@ class Network:
                 progress.start(epoch)
                 t0 = time.perf_counter()
                 bi = 0
+                kset = self._kernels(opt.kind, True)
                 while bi < n_batches and not interrupted.flag:
                     b1 = min(n_batches, bi + (1 if per_batch else chunk))
                     tc = time.perf_counter()
                     done, status = K.train_epoch(
-                        self.params, self.grads, self.norm_state, ws, layout, fpar, meta, self._rng, X, T, labels,
+                        kset, self.params, self.grads, self.norm_state, ws, layout, fpar, meta, self._rng, X, T, labels,
                         use_labels, sw, perm, bool(shuffle), batch_size, bi, b1, opt.kind, s1, s2, s3, hp, opt._step,
                         Xb, Tb, Lb, Wb, stats, ctl, tstats, pprev)
                     dt = time.perf_counter() - tc
@@ -647,7 +656,7 @@ class Network:
     def _predict_checked(self, X):
         out = np.empty((X.shape[0], self.n_outputs), self.dtype)
         ws, layout, fpar, meta = self._workspace(PREDICT_BATCH)
-        K.predict_all(out, self.params, self.norm_state, ws, layout, fpar, meta, self._rng, X, PREDICT_BATCH)
+        K.predict_all(self._kernels(), out, self.params, self.norm_state, ws, layout, fpar, meta, self._rng, X, PREDICT_BATCH)
         return out
 
     def predict(self, X):
@@ -669,7 +678,7 @@ class Network:
     def _evaluate_checked(self, X, T, labels, use_labels, sw):
         out = np.empty((X.shape[0], self.n_outputs), self.dtype)
         ws, layout, fpar, meta = self._workspace(PREDICT_BATCH)
-        loss = K.loss_all(self.params, self.norm_state, ws, layout, fpar, meta, self._rng, X, T, labels, use_labels,
+        loss = K.loss_all(self._kernels(), self.params, self.norm_state, ws, layout, fpar, meta, self._rng, X, T, labels, use_labels,
                           sw, PREDICT_BATCH, out)
         res = {"loss": float(loss)}
         if self._loss_code == SOFTMAX_CE:

@@ -172,7 +172,8 @@ def test_steady_state_training_allocates_nothing(rng):
         n_batches = (n_rows + 63) // 64
         stats = np.empty((n_batches, 2))
         before = _nrt_allocs()
-        K.train_epoch(net.params, net.grads, net.norm_state, ws, layout, fpar, meta, net._rng, Xs, net._no_T, ys,
+        K.train_epoch(net._kernels(opt.kind, True), net.params, net.grads, net.norm_state, ws, layout, fpar, meta,
+                      net._rng, Xs, net._no_T, ys,
                       True, net._no_weights, perm, True, 64, 0, n_batches, opt.kind, s1, s2, s3, opt._hparams(),
                       opt._step, Xb, net._no_T, Lb, net._no_weights, stats, net._ctl, net._tstats, net._no_pprev)
         return _nrt_allocs() - before

@@ -13,9 +13,11 @@ their backward passes read the sign of z from the sign of A.
 
 import numpy as np
 from numba import njit
+from numba.extending import overload
 
-from .._config import JIT
+from .._config import JIT, OVERLOAD_JIT
 from ._util import in_place
+from .kset import ACT_BIT, ALL, has
 from .mathfn import gelu, gelu_grad, tanh
 
 IDENTITY, RELU, LEAKY_RELU, ELU, SIGMOID, TANH, SOFTPLUS, GELU = range(8)
@@ -222,41 +224,72 @@ def gelu_backward(dZ, db, dA, Z):
 
 
 # ---- dispatch by code (codes are plain ints so one compiled driver serves all) ---
+# ---- dispatch: the activations of a KernelSet (kset.py), or all of them ---------------------
+def activation_forward_in(kset, code, A, Z, b, alpha):
+    """A = f(Z + b) for activation ``code``, compiling only the activations in ``kset``."""
+    raise TypeError("activation_forward_in runs inside compiled code; call activation_forward")
+
+
+def activation_backward_in(kset, code, dZ, db, dA, A, Z, alpha):
+    """dZ = dA f'(.), db = column sums, compiling only the activations in ``kset``."""
+    raise TypeError("activation_backward_in runs inside compiled code; call activation_backward")
+
+
+@overload(activation_forward_in, jit_options=OVERLOAD_JIT)
+def _activation_forward_in(kset, code, A, Z, b, alpha):
+    relu, tanh_, sigmoid, leaky, elu, softplus, gelu_, ident = (
+        has(kset, ACT_BIT, c) for c in (RELU, TANH, SIGMOID, LEAKY_RELU, ELU, SOFTPLUS, GELU, IDENTITY))
+
+    def impl(kset, code, A, Z, b, alpha):
+        if relu and code == RELU:
+            relu_forward(A, Z, b)
+        elif tanh_ and code == TANH:
+            tanh_forward(A, Z, b)
+        elif sigmoid and code == SIGMOID:
+            sigmoid_forward(A, Z, b)
+        elif leaky and code == LEAKY_RELU:
+            leaky_relu_forward(A, Z, b, alpha)
+        elif elu and code == ELU:
+            elu_forward(A, Z, b, alpha)
+        elif softplus and code == SOFTPLUS:
+            softplus_forward(A, Z, b)
+        elif gelu_ and code == GELU:
+            gelu_forward(A, Z, b)
+        elif ident:
+            identity_forward(A, Z, b)
+    return impl
+
+
+@overload(activation_backward_in, jit_options=OVERLOAD_JIT)
+def _activation_backward_in(kset, code, dZ, db, dA, A, Z, alpha):
+    relu, tanh_, sigmoid, leaky, elu, softplus, gelu_, ident = (
+        has(kset, ACT_BIT, c) for c in (RELU, TANH, SIGMOID, LEAKY_RELU, ELU, SOFTPLUS, GELU, IDENTITY))
+
+    def impl(kset, code, dZ, db, dA, A, Z, alpha):
+        if relu and code == RELU:
+            relu_backward(dZ, db, dA, A)
+        elif tanh_ and code == TANH:
+            tanh_backward(dZ, db, dA, A)
+        elif sigmoid and code == SIGMOID:
+            sigmoid_backward(dZ, db, dA, A)
+        elif leaky and code == LEAKY_RELU:
+            leaky_relu_backward(dZ, db, dA, A, alpha)
+        elif elu and code == ELU:
+            elu_backward(dZ, db, dA, A, alpha)
+        elif softplus and code == SOFTPLUS:
+            softplus_backward(dZ, db, dA, A)
+        elif gelu_ and code == GELU:
+            gelu_backward(dZ, db, dA, Z)
+        elif ident:
+            identity_backward(dZ, db, dA)
+    return impl
+
+
 @njit(**JIT)
 def activation_forward(code, A, Z, b, alpha):
-    if code == RELU:
-        relu_forward(A, Z, b)
-    elif code == TANH:
-        tanh_forward(A, Z, b)
-    elif code == SIGMOID:
-        sigmoid_forward(A, Z, b)
-    elif code == LEAKY_RELU:
-        leaky_relu_forward(A, Z, b, alpha)
-    elif code == ELU:
-        elu_forward(A, Z, b, alpha)
-    elif code == SOFTPLUS:
-        softplus_forward(A, Z, b)
-    elif code == GELU:
-        gelu_forward(A, Z, b)
-    else:
-        identity_forward(A, Z, b)
+    activation_forward_in(ALL, code, A, Z, b, alpha)
 
 
 @njit(**JIT)
 def activation_backward(code, dZ, db, dA, A, Z, alpha):
-    if code == RELU:
-        relu_backward(dZ, db, dA, A)
-    elif code == TANH:
-        tanh_backward(dZ, db, dA, A)
-    elif code == SIGMOID:
-        sigmoid_backward(dZ, db, dA, A)
-    elif code == LEAKY_RELU:
-        leaky_relu_backward(dZ, db, dA, A, alpha)
-    elif code == ELU:
-        elu_backward(dZ, db, dA, A, alpha)
-    elif code == SOFTPLUS:
-        softplus_backward(dZ, db, dA, A)
-    elif code == GELU:
-        gelu_backward(dZ, db, dA, Z)
-    else:
-        identity_backward(dZ, db, dA)
+    activation_backward_in(ALL, code, dZ, db, dA, A, Z, alpha)

@@ -7,9 +7,11 @@ call advances ``rng[0]`` by the number of elements. Same seed, same masks.
 
 import numpy as np
 from numba import njit
+from numba.extending import overload
 
-from .._config import JIT
+from .._config import JIT, OVERLOAD_JIT
 from ._util import in_place
+from .kset import DROPOUT_BIT, has
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -50,3 +52,32 @@ def dropout_backward(dA, dD, M):
     for i in range(n):
         for j in range(k):
             dA[i, j] *= M[i, j]
+
+
+# ---- in a driver: compiled only when the KernelSet (kset.py) has dropout ----------------------
+def dropout_forward_in(kset, D, M, A, p, rng):
+    raise TypeError("dropout_forward_in runs inside compiled code; call dropout_forward")
+
+
+def dropout_backward_in(kset, dA, dD, M):
+    raise TypeError("dropout_backward_in runs inside compiled code; call dropout_backward")
+
+
+@overload(dropout_forward_in, jit_options=OVERLOAD_JIT)
+def _dropout_forward_in(kset, D, M, A, p, rng):
+    on = has(kset, DROPOUT_BIT, 0)
+
+    def impl(kset, D, M, A, p, rng):
+        if on:
+            dropout_forward(D, M, A, p, rng)
+    return impl
+
+
+@overload(dropout_backward_in, jit_options=OVERLOAD_JIT)
+def _dropout_backward_in(kset, dA, dD, M):
+    on = has(kset, DROPOUT_BIT, 0)
+
+    def impl(kset, dA, dD, M):
+        if on:
+            dropout_backward(dA, dD, M)
+    return impl

@@ -25,8 +25,10 @@ constant t log t - t, so that a perfect fit has loss 0.
 
 import numpy as np
 from numba import njit
+from numba.extending import overload
 
-from .._config import JIT
+from .._config import JIT, OVERLOAD_JIT
+from .kset import ALL, LOSS_BIT, has
 
 SOFTMAX_CE, SIGMOID_BCE, IDENTITY_MSE, IDENTITY_HUBER, EXP_POISSON = range(5)
 # (output, loss) -> code
@@ -238,32 +240,66 @@ def poisson_backward(dZ, db, P, T, sw):
             db[j] += g
 
 
-# ---- dispatch --------------------------------------------------------------------------
+# ---- dispatch: the loss pairs of a KernelSet (kset.py), or all of them ---------------------
+def loss_forward_in(kset, code, P, Z, b, T, labels, use_labels, sw):
+    """The loss pair ``code``'s forward pass, compiling only the pairs in ``kset``."""
+    raise TypeError("loss_forward_in runs inside compiled code; call loss_forward")
+
+
+def loss_backward_in(kset, code, dZ, db, P, T, labels, use_labels, sw):
+    """The loss pair ``code``'s backward pass, compiling only the pairs in ``kset``."""
+    raise TypeError("loss_backward_in runs inside compiled code; call loss_backward")
+
+
+def _pairs_in(kset):
+    return (has(kset, LOSS_BIT, c) for c in (SOFTMAX_CE, SIGMOID_BCE, IDENTITY_HUBER, EXP_POISSON, IDENTITY_MSE))
+
+
+@overload(loss_forward_in, jit_options=OVERLOAD_JIT)
+def _loss_forward_in(kset, code, P, Z, b, T, labels, use_labels, sw):
+    softmax, bce, huber, poisson, mse = _pairs_in(kset)
+
+    def impl(kset, code, P, Z, b, T, labels, use_labels, sw):
+        if softmax and code == SOFTMAX_CE:
+            return softmax_xent_forward(P, Z, b, T, labels, use_labels, sw)
+        if bce and code == SIGMOID_BCE:
+            return sigmoid_bce_forward(P, Z, b, T, sw)
+        if huber and code == IDENTITY_HUBER:
+            return huber_forward(P, Z, b, T, sw)
+        if poisson and code == EXP_POISSON:
+            return poisson_forward(P, Z, b, T, sw)
+        if mse:
+            return mse_forward(P, Z, b, T, sw)
+        return np.nan
+    return impl
+
+
+@overload(loss_backward_in, jit_options=OVERLOAD_JIT)
+def _loss_backward_in(kset, code, dZ, db, P, T, labels, use_labels, sw):
+    softmax, bce, huber, poisson, mse = _pairs_in(kset)
+
+    def impl(kset, code, dZ, db, P, T, labels, use_labels, sw):
+        if softmax and code == SOFTMAX_CE:
+            softmax_xent_backward(dZ, db, P, T, labels, use_labels, sw)
+        elif bce and code == SIGMOID_BCE:
+            sigmoid_bce_backward(dZ, db, P, T, sw)
+        elif huber and code == IDENTITY_HUBER:
+            huber_backward(dZ, db, P, T, sw)
+        elif poisson and code == EXP_POISSON:
+            poisson_backward(dZ, db, P, T, sw)
+        elif mse:
+            mse_backward(dZ, db, P, T, sw)
+    return impl
+
+
 @njit(**JIT)
 def loss_forward(code, P, Z, b, T, labels, use_labels, sw):
-    if code == SOFTMAX_CE:
-        return softmax_xent_forward(P, Z, b, T, labels, use_labels, sw)
-    elif code == SIGMOID_BCE:
-        return sigmoid_bce_forward(P, Z, b, T, sw)
-    elif code == IDENTITY_HUBER:
-        return huber_forward(P, Z, b, T, sw)
-    elif code == EXP_POISSON:
-        return poisson_forward(P, Z, b, T, sw)
-    return mse_forward(P, Z, b, T, sw)
+    return loss_forward_in(ALL, code, P, Z, b, T, labels, use_labels, sw)
 
 
 @njit(**JIT)
 def loss_backward(code, dZ, db, P, T, labels, use_labels, sw):
-    if code == SOFTMAX_CE:
-        softmax_xent_backward(dZ, db, P, T, labels, use_labels, sw)
-    elif code == SIGMOID_BCE:
-        sigmoid_bce_backward(dZ, db, P, T, sw)
-    elif code == IDENTITY_HUBER:
-        huber_backward(dZ, db, P, T, sw)
-    elif code == EXP_POISSON:
-        poisson_backward(dZ, db, P, T, sw)
-    else:
-        mse_backward(dZ, db, P, T, sw)
+    loss_backward_in(ALL, code, dZ, db, P, T, labels, use_labels, sw)
 
 
 # ---- metric: correct predictions (training accuracy without a second forward pass) -----

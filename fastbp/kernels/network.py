@@ -2,7 +2,9 @@
 
 They walk a layer table and views into three flat buffers, so one compiled
 function (per dtype) serves every architecture, and a Python call trains a
-whole epoch.
+whole epoch. Their first argument ``kset`` (kset.py) says which kernels the
+compiled function contains: a network's drivers are compiled with its own
+activations, loss pair, norms, optimizer and dropout only.
 
 ``layout`` (n_layers, 18) int64, one row per dense layer:
     n_in, n_out, W offset, b offset (in params/grads), activation code,
@@ -26,11 +28,11 @@ from numba import njit
 
 from .._blas import gemm
 from .._config import INLINE, JIT
-from .activations import activation_backward, activation_forward
-from .dropout import dropout_backward, dropout_forward
-from .losses import _inv_total, correct_count, loss_backward, loss_forward, output_forward
-from .norm import NO_NORM, norm_backward, norm_forward
-from .optim import all_finite, diff_sq_sum, optimizer_update, sq_sum
+from .activations import activation_backward_in, activation_forward_in
+from .dropout import dropout_backward_in, dropout_forward_in
+from .losses import _inv_total, correct_count, loss_backward_in, loss_forward_in, output_forward
+from .norm import NO_NORM, norm_backward_in, norm_forward_in
+from .optim import all_finite, diff_sq_sum, optimizer_update_in, sq_sum
 
 (N_IN, N_OUT, W_OFF, B_OFF, ACT, Z_OFF, A_OFF, D_OFF, M_OFF, NORM, G_OFF, BE_OFF, XH_OFF, MU_OFF, RS_OFF,
  RM_OFF, RV_OFF, P_END) = range(18)
@@ -62,7 +64,7 @@ def vec(buf, off, k):
 
 
 @njit(**INLINE)
-def hidden_forward(params, nstate, ws, layout, fpar, X, n, training, rng):
+def hidden_forward(kset, params, nstate, ws, layout, fpar, X, n, training, rng):
     # X (n, n_in0) -> returns the (n, n_out) input of the output layer (a view into ws)
     inp = X
     for l in range(layout.shape[0] - 1):
@@ -74,17 +76,17 @@ def hidden_forward(params, nstate, ws, layout, fpar, X, n, training, rng):
         norm = layout[l, NORM]
         if norm != NO_NORM:
             m = max(n, k)
-            norm_forward(norm, Z, view2(ws, layout[l, XH_OFF], n, k), vec(ws, layout[l, MU_OFF], m),
+            norm_forward_in(kset, norm, Z, view2(ws, layout[l, XH_OFF], n, k), vec(ws, layout[l, MU_OFF], m),
                          vec(ws, layout[l, RS_OFF], m), b, vec(params, layout[l, G_OFF], k),
                          vec(nstate, layout[l, RM_OFF], k), vec(nstate, layout[l, RV_OFF], k),
                          fpar[l, MOMENTUM], fpar[l, EPS], training)  # Z = gamma xhat(Z + b)
             b = vec(params, layout[l, BE_OFF], k)
-        activation_forward(layout[l, ACT], A, Z, b, fpar[l, ALPHA])  # A = f(Z + b)  (b: beta with a norm)
+        activation_forward_in(kset, layout[l, ACT], A, Z, b, fpar[l, ALPHA])  # A = f(Z + b)  (b: beta with a norm)
         p = fpar[l, DROP]
         if training and p > 0.0:
             D = view2(ws, layout[l, D_OFF], n, k)
             M = view2(ws, layout[l, M_OFF], n, k)
-            dropout_forward(D, M, A, p, rng)
+            dropout_forward_in(kset, D, M, A, p, rng)
             inp = D
         else:
             inp = A
@@ -92,9 +94,9 @@ def hidden_forward(params, nstate, ws, layout, fpar, X, n, training, rng):
 
 
 @njit(**INLINE)
-def predict_forward(params, nstate, ws, layout, fpar, meta, rng, X, n):
+def predict_forward(kset, params, nstate, ws, layout, fpar, meta, rng, X, n):
     # inference: no dropout (rng is not read), running norm statistics; returns P (n, k_out), a view into ws
-    inp = hidden_forward(params, nstate, ws, layout, fpar, X, n, False, rng)
+    inp = hidden_forward(kset, params, nstate, ws, layout, fpar, X, n, False, rng)
     L = layout.shape[0] - 1
     k = layout[L, N_OUT]
     W, b = layer_params(params, layout, L)
@@ -106,16 +108,16 @@ def predict_forward(params, nstate, ws, layout, fpar, meta, rng, X, n):
 
 
 @njit(**INLINE)
-def loss_forward_all(params, nstate, ws, layout, fpar, meta, X, T, labels, use_labels, sw, n, training, rng):
+def loss_forward_all(kset, params, nstate, ws, layout, fpar, meta, X, T, labels, use_labels, sw, n, training, rng):
     # forward through every layer and the loss; returns the (weighted) mean loss of the n rows
-    inp = hidden_forward(params, nstate, ws, layout, fpar, X, n, training, rng)
+    inp = hidden_forward(kset, params, nstate, ws, layout, fpar, X, n, training, rng)
     L = layout.shape[0] - 1
     k = layout[L, N_OUT]
     W, b = layer_params(params, layout, L)
     Z = view2(ws, layout[L, Z_OFF], n, k)
     P = view2(ws, layout[L, A_OFF], n, k)
     gemm(False, False, 1.0, inp, W, 0.0, Z)
-    return loss_forward(meta[LOSS], P, Z, b, T, labels, use_labels, sw)
+    return loss_forward_in(kset, meta[LOSS], P, Z, b, T, labels, use_labels, sw)
 
 
 @njit(**JIT)
@@ -130,7 +132,7 @@ def l2_penalty(params, layout, alpha, sw, n):
 
 
 @njit(**INLINE)
-def backward_all(grads, params, ws, layout, fpar, meta, X, T, labels, use_labels, sw, n, l2):
+def backward_all(kset, grads, params, ws, layout, fpar, meta, X, T, labels, use_labels, sw, n, l2):
     # after loss_forward_all(training=True): grads (same layout as params) <- d loss / d params
     # (overwritten, not accumulated); with l2 = alpha > 0, dW also gets alpha/s W (s: see l2_penalty)
     L = layout.shape[0] - 1
@@ -139,7 +141,7 @@ def backward_all(grads, params, ws, layout, fpar, meta, X, T, labels, use_labels
     dZ = view2(ws, cur, n, k)
     P = view2(ws, layout[L, A_OFF], n, k)
     dW, db = layer_params(grads, layout, L)
-    loss_backward(meta[LOSS], dZ, db, P, T, labels, use_labels, sw)
+    loss_backward_in(kset, meta[LOSS], dZ, db, P, T, labels, use_labels, sw)
     for l in range(L, -1, -1):
         n_in = layout[l, N_IN]
         W, _ = layer_params(params, layout, l)
@@ -159,24 +161,24 @@ def backward_all(grads, params, ws, layout, fpar, meta, X, T, labels, use_labels
         gemm(False, True, 1.0, dZ, W, 0.0, dA)                # dX = dZ W^T
         h = l - 1
         if fpar[h, DROP] > 0.0:
-            dropout_backward(dA, dA, view2(ws, layout[h, M_OFF], n, n_in))
+            dropout_backward_in(kset, dA, dA, view2(ws, layout[h, M_OFF], n, n_in))
         _, db = layer_params(grads, layout, h)
         A = view2(ws, layout[h, A_OFF], n, n_in)
         Z = view2(ws, layout[h, Z_OFF], n, n_in)
         norm = layout[h, NORM]
         if norm != NO_NORM:
             dbeta = vec(grads, layout[h, BE_OFF], n_in)
-            activation_backward(layout[h, ACT], dA, dbeta, dA, A, Z, fpar[h, ALPHA])  # dY = dA f'
-            norm_backward(norm, dA, db, vec(grads, layout[h, G_OFF], n_in), view2(ws, layout[h, XH_OFF], n, n_in),
+            activation_backward_in(kset, layout[h, ACT], dA, dbeta, dA, A, Z, fpar[h, ALPHA])  # dY = dA f'
+            norm_backward_in(kset, norm, dA, db, vec(grads, layout[h, G_OFF], n_in), view2(ws, layout[h, XH_OFF], n, n_in),
                           vec(params, layout[h, G_OFF], n_in), vec(ws, layout[h, RS_OFF], max(n, n_in)))
         else:
-            activation_backward(layout[h, ACT], dA, db, dA, A, Z, fpar[h, ALPHA])  # dZ = dA f'
+            activation_backward_in(kset, layout[h, ACT], dA, db, dA, A, Z, fpar[h, ALPHA])  # dZ = dA f'
         dZ = dA
         cur, other = other, cur
 
 
 @njit(**INLINE)
-def train_batch(params, grads, nstate, ws, layout, fpar, meta, rng, X, T, labels, use_labels, sw, n,
+def train_batch(kset, params, grads, nstate, ws, layout, fpar, meta, rng, X, T, labels, use_labels, sw, n,
                 opt_kind, s1, s2, s3, hp, step, ctl, tstats, pprev):
     """One step on rows 0..n of X/T/labels/sw. Returns (loss, status); the update is
     applied only when the loss and every gradient are finite (status OK).
@@ -186,12 +188,12 @@ def train_batch(params, grads, nstate, ws, layout, fpar, meta, rng, X, T, labels
     layer l's gradient norm (before clipping) and ||update|| / ||W, b|| over batches
     (pprev (P,) is scratch for the parameters before the update)."""
     l2 = ctl[L2]
-    loss = loss_forward_all(params, nstate, ws, layout, fpar, meta, X, T, labels, use_labels, sw, n, True, rng)
+    loss = loss_forward_all(kset, params, nstate, ws, layout, fpar, meta, X, T, labels, use_labels, sw, n, True, rng)
     if l2 > 0.0:
         loss += l2_penalty(params, layout, l2, sw, n)
     if not np.isfinite(loss):
         return loss, BAD_LOSS
-    backward_all(grads, params, ws, layout, fpar, meta, X, T, labels, use_labels, sw, n, l2)
+    backward_all(kset, grads, params, ws, layout, fpar, meta, X, T, labels, use_labels, sw, n, l2)
     clip = ctl[CLIP]
     track = ctl[TRACK] != 0.0
     gscale = 1.0
@@ -212,7 +214,7 @@ def train_batch(params, grads, nstate, ws, layout, fpar, meta, rng, X, T, labels
         for i in range(params.shape[0]):   # (a loop: slice assignment compiles a string-formatting error path)
             pprev[i] = params[i]
     step[0] += 1
-    optimizer_update(opt_kind, params, grads, s1, s2, s3, hp, step[0], gscale)
+    optimizer_update_in(kset, opt_kind, params, grads, s1, s2, s3, hp, step[0], gscale)
     if track:
         for l in range(layout.shape[0]):
             a, e = layout[l, W_OFF], layout[l, P_END]
@@ -223,7 +225,7 @@ def train_batch(params, grads, nstate, ws, layout, fpar, meta, rng, X, T, labels
 
 
 @njit(**JIT)
-def train_epoch(params, grads, nstate, ws, layout, fpar, meta, rng, X, T, labels, use_labels, sw,
+def train_epoch(kset, params, grads, nstate, ws, layout, fpar, meta, rng, X, T, labels, use_labels, sw,
                 perm, shuffle, batch_size, b0, b1, opt_kind, s1, s2, s3, hp, step, Xb, Tb, Lb, Wb,
                 stats, ctl, tstats, pprev):
     """Mini-batches b0..b1-1 of an epoch of ``batch_size`` rows, in the order ``perm``
@@ -255,7 +257,7 @@ def train_epoch(params, grads, nstate, ws, layout, fpar, meta, rng, X, T, labels
             xb, tb, lb, wb = Xb[:n], Tb[:n], Lb[:n], Wb[:n] if weighted else sw
         else:
             xb, tb, lb, wb = X[s:e], T[s:e], labels[s:e], sw[s:e] if weighted else sw
-        loss, status = train_batch(params, grads, nstate, ws, layout, fpar, meta, rng, xb, tb, lb,
+        loss, status = train_batch(kset, params, grads, nstate, ws, layout, fpar, meta, rng, xb, tb, lb,
                                    use_labels, wb, n, opt_kind, s1, s2, s3, hp, step, ctl, tstats, pprev)
         stats[bi, 0] = loss
         if status != OK:
@@ -274,17 +276,17 @@ def copy_rows(out, s, P):
 
 
 @njit(**JIT)
-def predict_all(out, params, nstate, ws, layout, fpar, meta, rng, X, batch_size):
+def predict_all(kset, out, params, nstate, ws, layout, fpar, meta, rng, X, batch_size):
     # out (N, k_out) <- network output for every row of X, batch_size rows at a time
     N = X.shape[0]
     for s in range(0, N, batch_size):
         e = min(N, s + batch_size)
-        P = predict_forward(params, nstate, ws, layout, fpar, meta, rng, X[s:e], e - s)
+        P = predict_forward(kset, params, nstate, ws, layout, fpar, meta, rng, X[s:e], e - s)
         copy_rows(out, s, P)
 
 
 @njit(**JIT)
-def loss_all(params, nstate, ws, layout, fpar, meta, rng, X, T, labels, use_labels, sw, batch_size, out):
+def loss_all(kset, params, nstate, ws, layout, fpar, meta, rng, X, T, labels, use_labels, sw, batch_size, out):
     # (weighted) mean loss over all rows (inference mode), and out (N, k_out) <- predictions
     N = X.shape[0]
     weighted = sw.shape[0] != 0
@@ -300,7 +302,7 @@ def loss_all(params, nstate, ws, layout, fpar, meta, rng, X, T, labels, use_labe
                 wsum += wb[i]
         else:
             wsum = n
-        total += wsum * loss_forward_all(params, nstate, ws, layout, fpar, meta, X[s:e], T[s:e], labels[s:e],
+        total += wsum * loss_forward_all(kset, params, nstate, ws, layout, fpar, meta, X[s:e], T[s:e], labels[s:e],
                                          use_labels, wb, n, False, rng)
         wtotal += wsum
         copy_rows(out, s, view2(ws, layout[layout.shape[0] - 1, A_OFF], n, out.shape[1]))

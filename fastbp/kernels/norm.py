@@ -19,8 +19,10 @@ of dZ, dgamma = sum over rows of dY * xhat.
 
 import numpy as np
 from numba import njit
+from numba.extending import overload
 
-from .._config import JIT
+from .._config import JIT, OVERLOAD_JIT
+from .kset import ALL, NORM_BIT, has
 
 NO_NORM, BATCH_NORM, LAYER_NORM = range(3)
 NORMS = {None: NO_NORM, "none": NO_NORM, "batch": BATCH_NORM, "layer": LAYER_NORM}
@@ -137,18 +139,46 @@ def layernorm_backward(dY, db, dgamma, XH, gamma, rstd):
             db[j] += dz
 
 
-# ---- dispatch -----------------------------------------------------------------------------------
+# ---- dispatch: the norms of a KernelSet (kset.py), or both ------------------------------------
+def norm_forward_in(kset, code, Z, XH, mu, rstd, b, gamma, run_mean, run_var, momentum, eps, training):
+    """Norm ``code``'s forward pass, compiling only the norms in ``kset``."""
+    raise TypeError("norm_forward_in runs inside compiled code; call norm_forward")
+
+
+def norm_backward_in(kset, code, dY, db, dgamma, XH, gamma, rstd):
+    """Norm ``code``'s backward pass, compiling only the norms in ``kset``."""
+    raise TypeError("norm_backward_in runs inside compiled code; call norm_backward")
+
+
+@overload(norm_forward_in, jit_options=OVERLOAD_JIT)
+def _norm_forward_in(kset, code, Z, XH, mu, rstd, b, gamma, run_mean, run_var, momentum, eps, training):
+    batch, layer = has(kset, NORM_BIT, BATCH_NORM), has(kset, NORM_BIT, LAYER_NORM)
+
+    def impl(kset, code, Z, XH, mu, rstd, b, gamma, run_mean, run_var, momentum, eps, training):
+        if batch and code == BATCH_NORM:
+            batchnorm_forward(Z, XH, mu, rstd, b, gamma, run_mean, run_var, momentum, eps, training)
+        elif layer and code == LAYER_NORM:
+            layernorm_forward(Z, XH, mu, rstd, b, gamma, eps)
+    return impl
+
+
+@overload(norm_backward_in, jit_options=OVERLOAD_JIT)
+def _norm_backward_in(kset, code, dY, db, dgamma, XH, gamma, rstd):
+    batch, layer = has(kset, NORM_BIT, BATCH_NORM), has(kset, NORM_BIT, LAYER_NORM)
+
+    def impl(kset, code, dY, db, dgamma, XH, gamma, rstd):
+        if batch and code == BATCH_NORM:
+            batchnorm_backward(dY, db, dgamma, XH, gamma, rstd)
+        elif layer and code == LAYER_NORM:
+            layernorm_backward(dY, db, dgamma, XH, gamma, rstd)
+    return impl
+
+
 @njit(**JIT)
 def norm_forward(code, Z, XH, mu, rstd, b, gamma, run_mean, run_var, momentum, eps, training):
-    if code == BATCH_NORM:
-        batchnorm_forward(Z, XH, mu, rstd, b, gamma, run_mean, run_var, momentum, eps, training)
-    else:
-        layernorm_forward(Z, XH, mu, rstd, b, gamma, eps)
+    norm_forward_in(ALL, code, Z, XH, mu, rstd, b, gamma, run_mean, run_var, momentum, eps, training)
 
 
 @njit(**JIT)
 def norm_backward(code, dY, db, dgamma, XH, gamma, rstd):
-    if code == BATCH_NORM:
-        batchnorm_backward(dY, db, dgamma, XH, gamma, rstd)
-    else:
-        layernorm_backward(dY, db, dgamma, XH, gamma, rstd)
+    norm_backward_in(ALL, code, dY, db, dgamma, XH, gamma, rstd)

@@ -13,8 +13,10 @@ update: 1.0 when not clipping).
 
 import numpy as np
 from numba import njit
+from numba.extending import overload
 
-from .._config import JIT
+from .._config import JIT, OVERLOAD_JIT
+from .kset import ALL, OPT_BIT, has
 from .mathfn import like
 
 SGD, ADAM, RMSPROP = range(3)
@@ -86,17 +88,31 @@ def rmsprop_update(p, g, sq, gavg, buf, lr, alpha, eps, weight_decay, momentum, 
         p[i] = p[i] - lr_ * step
 
 
+def optimizer_update_in(kset, kind, p, g, s1, s2, s3, hp, t, gscale):
+    """optimizer_update compiling only the optimizers in ``kset`` (kset.py)."""
+    raise TypeError("optimizer_update_in runs inside compiled code; call optimizer_update")
+
+
+@overload(optimizer_update_in, jit_options=OVERLOAD_JIT)
+def _optimizer_update_in(kset, kind, p, g, s1, s2, s3, hp, t, gscale):
+    sgd, adam, rmsprop = (has(kset, OPT_BIT, c) for c in (SGD, ADAM, RMSPROP))
+
+    def impl(kset, kind, p, g, s1, s2, s3, hp, t, gscale):
+        if sgd and kind == SGD:
+            sgd_update(p, g, s1, t, hp[0], hp[1], hp[2], hp[3], hp[4] != 0.0, gscale)
+        elif adam and kind == ADAM:
+            adam_update(p, g, s1, s2, s3, t, hp[0], hp[1], hp[2], hp[3], hp[4], hp[5] != 0.0, hp[6] != 0.0,
+                        gscale)
+        elif rmsprop and kind == RMSPROP:
+            rmsprop_update(p, g, s1, s2, s3, hp[0], hp[1], hp[2], hp[3], hp[4], hp[5] != 0.0, gscale)
+    return impl
+
+
 @njit(**JIT)
 def optimizer_update(kind, p, g, s1, s2, s3, hp, t, gscale):
     """Dispatch on ``kind``; ``hp`` holds the hyper-parameters in the order the
     Python optimizer classes document, s1..s3 the state buffers they allocate."""
-    if kind == SGD:
-        sgd_update(p, g, s1, t, hp[0], hp[1], hp[2], hp[3], hp[4] != 0.0, gscale)
-    elif kind == ADAM:
-        adam_update(p, g, s1, s2, s3, t, hp[0], hp[1], hp[2], hp[3], hp[4], hp[5] != 0.0, hp[6] != 0.0,
-                    gscale)
-    else:
-        rmsprop_update(p, g, s1, s2, s3, hp[0], hp[1], hp[2], hp[3], hp[4], hp[5] != 0.0, gscale)
+    optimizer_update_in(ALL, kind, p, g, s1, s2, s3, hp, t, gscale)
 
 
 @njit(**dict(JIT, fastmath={"reassoc"}))
