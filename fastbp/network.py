@@ -656,7 +656,8 @@ class Network:
     def _predict_checked(self, X):
         out = np.empty((X.shape[0], self.n_outputs), self.dtype)
         ws, layout, fpar, meta = self._workspace(PREDICT_BATCH)
-        K.predict_all(self._kernels(), out, self.params, self.norm_state, ws, layout, fpar, meta, self._rng, X, PREDICT_BATCH)
+        K.loss_all(self._kernels(), self.params, self.norm_state, ws, layout, fpar, meta, self._rng, X, self._no_T,
+                   self._no_labels, True, self._no_weights, PREDICT_BATCH, out, False)
         return out
 
     def predict(self, X):
@@ -678,8 +679,8 @@ class Network:
     def _evaluate_checked(self, X, T, labels, use_labels, sw):
         out = np.empty((X.shape[0], self.n_outputs), self.dtype)
         ws, layout, fpar, meta = self._workspace(PREDICT_BATCH)
-        loss = K.loss_all(self._kernels(), self.params, self.norm_state, ws, layout, fpar, meta, self._rng, X, T, labels, use_labels,
-                          sw, PREDICT_BATCH, out)
+        loss = K.loss_all(self._kernels(), self.params, self.norm_state, ws, layout, fpar, meta, self._rng, X, T, labels,
+                          use_labels, sw, PREDICT_BATCH, out, True)
         res = {"loss": float(loss)}
         if self._loss_code == SOFTMAX_CE:
             truth = labels if use_labels else T.argmax(axis=1)

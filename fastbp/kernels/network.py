@@ -276,19 +276,17 @@ def copy_rows(out, s, P):
 
 
 @njit(**JIT)
-def predict_all(kset, out, params, nstate, ws, layout, fpar, meta, rng, X, batch_size):
-    # out (N, k_out) <- network output for every row of X, batch_size rows at a time
+def loss_all(kset, params, nstate, ws, layout, fpar, meta, rng, X, T, labels, use_labels, sw, batch_size, out,
+             with_loss):
+    # inference, batch_size rows at a time: out (N, k_out) <- the network's output for every row
+    # of X and, if with_loss, returns the (weighted) mean loss against T/labels (else 0; T, labels
+    # and sw are then not read). One function for evaluate and predict: one compile, not two.
     N = X.shape[0]
-    for s in range(0, N, batch_size):
-        e = min(N, s + batch_size)
-        P = predict_forward(kset, params, nstate, ws, layout, fpar, meta, rng, X[s:e], e - s)
-        copy_rows(out, s, P)
-
-
-@njit(**JIT)
-def loss_all(kset, params, nstate, ws, layout, fpar, meta, rng, X, T, labels, use_labels, sw, batch_size, out):
-    # (weighted) mean loss over all rows (inference mode), and out (N, k_out) <- predictions
-    N = X.shape[0]
+    if not with_loss:
+        for s in range(0, N, batch_size):
+            e = min(N, s + batch_size)
+            copy_rows(out, s, predict_forward(kset, params, nstate, ws, layout, fpar, meta, rng, X[s:e], e - s))
+        return 0.0
     weighted = sw.shape[0] != 0
     total = 0.0
     wtotal = 0.0
