@@ -975,7 +975,7 @@ def _check_space(ctx, sweep):
         elif isinstance(v, list) and v:
             space.append((k, v))
         else:
-            raise ctx.error(key, f"expected a non-empty array of values"
+            raise ctx.error(key, "expected a non-empty array of values"
                                  + (" or {log_uniform = [lo, hi]}" if sweep["method"] == "random" else "")
                                  + f", got {_show(v)}")
     return space

@@ -79,7 +79,7 @@ class FirstBatch:
     repeat = 1
     rounds = 2
     warmup_time = 0.0
-    timeout = 900   # cold: 20-30 s per call on 2 cores; warm adds one cold run to fill its cache
+    timeout = 900   # cold: about 9 s per call on 2 cores; warm adds one cold run to fill its cache
 
     def setup(self, cache):
         self.cache_dir = warm_cache_dir() if cache == "warm" else None
