@@ -160,7 +160,6 @@ def test_steady_state_training_allocates_nothing(rng):
     X, y = make_data(rng, 4000, 32, 10, "cross_entropy", np.float32)
     net = fb.Network([32, 128, 128, 10], seed=0, dropout=[0.1, 0.0])
     opt = fb.Adam()
-    args = None
 
     def run_epoch(n_rows):
         ws, layout, fpar, meta = net._workspace(64)
