@@ -223,7 +223,6 @@ def gelu_backward(dZ, db, dA, Z):
             db[j] += g
 
 
-# ---- dispatch by code (codes are plain ints so one compiled driver serves all) ---
 # ---- dispatch: the activations of a KernelSet (kset.py), or all of them ---------------------
 def activation_forward_in(kset, code, A, Z, b, alpha):
     """A = f(Z + b) for activation ``code``, compiling only the activations in ``kset``."""
@@ -235,10 +234,13 @@ def activation_backward_in(kset, code, dZ, db, dA, A, Z, alpha):
     raise TypeError("activation_backward_in runs inside compiled code; call activation_backward")
 
 
+def _acts_in(kset):
+    return (has(kset, ACT_BIT, c) for c in (RELU, TANH, SIGMOID, LEAKY_RELU, ELU, SOFTPLUS, GELU, IDENTITY))
+
+
 @overload(activation_forward_in, jit_options=OVERLOAD_JIT)
 def _activation_forward_in(kset, code, A, Z, b, alpha):
-    relu, tanh_, sigmoid, leaky, elu, softplus, gelu_, ident = (
-        has(kset, ACT_BIT, c) for c in (RELU, TANH, SIGMOID, LEAKY_RELU, ELU, SOFTPLUS, GELU, IDENTITY))
+    relu, tanh_, sigmoid, leaky, elu, softplus, gelu_, ident = _acts_in(kset)
 
     def impl(kset, code, A, Z, b, alpha):
         if relu and code == RELU:
@@ -262,8 +264,7 @@ def _activation_forward_in(kset, code, A, Z, b, alpha):
 
 @overload(activation_backward_in, jit_options=OVERLOAD_JIT)
 def _activation_backward_in(kset, code, dZ, db, dA, A, Z, alpha):
-    relu, tanh_, sigmoid, leaky, elu, softplus, gelu_, ident = (
-        has(kset, ACT_BIT, c) for c in (RELU, TANH, SIGMOID, LEAKY_RELU, ELU, SOFTPLUS, GELU, IDENTITY))
+    relu, tanh_, sigmoid, leaky, elu, softplus, gelu_, ident = _acts_in(kset)
 
     def impl(kset, code, dZ, db, dA, A, Z, alpha):
         if relu and code == RELU:

@@ -150,9 +150,13 @@ def norm_backward_in(kset, code, dY, db, dgamma, XH, gamma, rstd):
     raise TypeError("norm_backward_in runs inside compiled code; call norm_backward")
 
 
+def _norms_in(kset):
+    return has(kset, NORM_BIT, BATCH_NORM), has(kset, NORM_BIT, LAYER_NORM)
+
+
 @overload(norm_forward_in, jit_options=OVERLOAD_JIT)
 def _norm_forward_in(kset, code, Z, XH, mu, rstd, b, gamma, run_mean, run_var, momentum, eps, training):
-    batch, layer = has(kset, NORM_BIT, BATCH_NORM), has(kset, NORM_BIT, LAYER_NORM)
+    batch, layer = _norms_in(kset)
 
     def impl(kset, code, Z, XH, mu, rstd, b, gamma, run_mean, run_var, momentum, eps, training):
         if batch and code == BATCH_NORM:
@@ -164,7 +168,7 @@ def _norm_forward_in(kset, code, Z, XH, mu, rstd, b, gamma, run_mean, run_var, m
 
 @overload(norm_backward_in, jit_options=OVERLOAD_JIT)
 def _norm_backward_in(kset, code, dY, db, dgamma, XH, gamma, rstd):
-    batch, layer = has(kset, NORM_BIT, BATCH_NORM), has(kset, NORM_BIT, LAYER_NORM)
+    batch, layer = _norms_in(kset)
 
     def impl(kset, code, dY, db, dgamma, XH, gamma, rstd):
         if batch and code == BATCH_NORM:
