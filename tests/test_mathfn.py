@@ -4,13 +4,19 @@ import numpy as np
 import pytest
 from numba import njit
 
-from fastbp.kernels.mathfn import gelu, gelu_grad, tanh
+from fastbp.kernels.mathfn import exp, gelu, gelu_grad, tanh
 
 
 @njit
 def _apply_tanh(out, x):
     for i in range(x.shape[0]):
         out[i] = tanh(x[i])
+
+
+@njit
+def _apply_exp(out, x):
+    for i in range(x.shape[0]):
+        out[i] = exp(x[i])
 
 
 @njit
@@ -79,3 +85,47 @@ def test_gelu_and_derivative(dtype, tol):
     scale = np.maximum(1.0, np.abs(ref[fin]))
     assert np.max(np.abs(out[fin] - ref[fin]) / scale) <= tol
     assert np.max(np.abs(dout[fin] - dref[fin])) <= 10 * tol
+
+
+FLT_MIN = float(np.finfo(np.float32).tiny)   # smallest normal float32
+FLT_TRUE_MIN = 2.0 ** -149                    # smallest subnormal float32
+
+
+def test_exp_float32_accuracy_full_range():
+    rng = np.random.default_rng(1)
+    n = 2_000_000
+    x = np.concatenate([
+        np.linspace(-110, 90, n, dtype=np.float32),      # overflow to underflow, subnormals included
+        rng.integers(0, 2**32, n, dtype=np.uint64).astype(np.uint32).view(np.float32),
+        np.array([0.0, -0.0, 1e-45, -1e-45, 88.72283, 88.722839, 88.72284, -87.33, -87.34, -103.2,
+                  -103.3, -104.0, -150.0, 3.4e38, -3.4e38, np.inf, -np.inf, np.nan], np.float32)])
+    out = np.empty_like(x)
+    _apply_exp(out, x)
+    with np.errstate(all="ignore"):
+        ref = np.exp(x.astype(np.float64))
+        ref32 = ref.astype(np.float32)   # the correctly rounded float32 result (or inf / 0)
+    nan = np.isnan(x)
+    assert np.all(np.isnan(out[nan]))
+    ok = ~nan
+    o, r, r32 = out[ok], ref[ok], ref32[ok]
+    # overflow and underflow where float32 rounding puts them
+    assert np.array_equal(np.isinf(o), np.isinf(r32))
+    assert o[x[ok] == np.inf].item() == np.inf and o[x[ok] == -np.inf].item() == 0.0
+    fin = np.isfinite(r32)
+    normal = fin & (r >= FLT_MIN)
+    # normal results: within 1 ulp of the correctly rounded value (relative error < 1e-7)
+    ulps = np.abs(o[normal].view(np.int32).astype(np.int64) - r32[normal].view(np.int32).astype(np.int64))
+    assert ulps.max() <= 1
+    assert np.max(np.abs(o[normal] - r[normal]) / r[normal]) < 1e-7
+    # subnormal results: within one subnormal step
+    sub = fin & (r < FLT_MIN)
+    assert np.max(np.abs(o[sub].astype(np.float64) - r[sub])) <= FLT_TRUE_MIN
+    assert np.all(o >= 0.0) and out[x == 0].tolist() == [1.0, 1.0]
+
+
+def test_exp_float64_is_libm():
+    x = np.concatenate([np.linspace(-800, 800, 10001), [np.inf, -np.inf, np.nan, 0.0, 1e-300]])
+    out = np.empty_like(x)
+    _apply_exp(out, x)
+    with np.errstate(over="ignore"):
+        np.testing.assert_allclose(out, np.exp(x), rtol=4e-16, atol=0)   # libm and NumPy's SIMD exp: 1 ulp

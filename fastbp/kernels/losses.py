@@ -29,6 +29,7 @@ from numba.extending import overload
 
 from .._config import JIT, OVERLOAD_JIT
 from .kset import ALL, LOSS_BIT, has
+from .mathfn import exp
 
 SOFTMAX_CE, SIGMOID_BCE, IDENTITY_MSE, IDENTITY_HUBER, EXP_POISSON = range(5)
 # (output, loss) -> code
@@ -60,27 +61,66 @@ def _row_weight(sw, i):
 
 
 # ---- softmax + cross-entropy -------------------------------------------------------
+def _exp_all(P):
+    """P = exp(P) elementwise (float32: the vectorisable exp)."""
+
+
+@overload(_exp_all, jit_options=OVERLOAD_JIT)
+def _exp_all_impl(P):
+    if P.layout == "C":
+        def flat(P):
+            # one loop over every element: a softmax row (k = 10) is too short to vectorise alone
+            Pf = P.reshape(P.size)
+            for t in range(Pf.shape[0]):
+                Pf[t] = exp(Pf[t])
+        return flat
+
+    def rows(P):
+        for i in range(P.shape[0]):
+            for j in range(P.shape[1]):
+                P[i, j] = exp(P[i, j])
+    return rows
+
+
+@njit(**JIT)
+def _softmax_exp(P, Z, b):
+    # Z (n, k) += b;  P = exp(Z - row max), not yet normalised
+    n, k = Z.shape
+    for i in range(n):
+        m = Z.dtype.type(-np.inf)   # in Z's precision: float32 keeps the float32 exp
+        for j in range(k):
+            z = Z[i, j] + b[j]
+            Z[i, j] = z
+            m = max(m, z)
+        for j in range(k):
+            P[i, j] = Z[i, j] - m
+    _exp_all(P)
+
+
+@njit(**JIT)
+def _softmax_normalise(P, i):
+    # P[i] /= sum(P[i]); returns the sum (float64)
+    s = 0.0
+    for j in range(P.shape[1]):
+        s += P[i, j]
+    inv = 1.0 / s
+    for j in range(P.shape[1]):
+        P[i, j] *= inv
+    return s
+
+
 @njit(**JIT)
 def softmax_xent_forward(P, Z, b, T, labels, use_labels, sw):
     # Z, P (n, k); b (k,); T (n, k) or labels (n,); sw (n,) or (0,).  P must not alias Z.
     # loss = -1/sum(w) sum_i w_i sum_j T_ij log softmax(Z_i)_j, log-sum-exp shifted by the row max
     n, k = Z.shape
+    _softmax_exp(P, Z, b)
     total = 0.0
     for i in range(n):
         m = -np.inf
         for j in range(k):
-            z = Z[i, j] + b[j]
-            Z[i, j] = z
-            m = max(m, z)
-        s = 0.0
-        for j in range(k):
-            e = np.exp(Z[i, j] - m)
-            P[i, j] = e
-            s += e
-        lse = m + np.log(s)
-        inv = 1.0 / s
-        for j in range(k):
-            P[i, j] *= inv
+            m = max(m, Z[i, j])
+        lse = m + np.log(_softmax_normalise(P, i))
         row = 0.0
         if use_labels:
             row = lse - Z[i, labels[i]]
@@ -119,7 +159,7 @@ def sigmoid_bce_forward(P, Z, b, T, sw):
         row = 0.0
         for j in range(k):
             z = Z[i, j] + b[j]
-            e = np.exp(-abs(z))
+            e = exp(-abs(z))
             row += max(z, 0.0) - z * T[i, j] + np.log1p(e)
             P[i, j] = 1.0 / (1.0 + e) if z >= 0 else e / (1.0 + e)
         total += _row_weight(sw, i) * row
@@ -217,7 +257,7 @@ def poisson_forward(P, Z, b, T, sw):
         row = 0.0
         for j in range(k):
             z = Z[i, j] + b[j]
-            p = np.exp(z)
+            p = exp(z)
             P[i, j] = p
             t = T[i, j]
             row += p - t * z + (t * np.log(t) - t if t > 0.0 else 0.0)
@@ -338,29 +378,20 @@ def correct_count(code, P, T, labels, use_labels):
 def output_forward(code, P, Z, b):
     # Z, P (n, k): P = softmax / sigmoid / exp / identity of Z + b;  P must not alias Z for softmax
     n, k = Z.shape
+    if code == SOFTMAX_CE:
+        _softmax_exp(P, Z, b)
+        for i in range(n):
+            _softmax_normalise(P, i)
+        return
     for i in range(n):
-        if code == SOFTMAX_CE:
-            m = -np.inf
+        if code == SIGMOID_BCE:
             for j in range(k):
                 z = Z[i, j] + b[j]
-                Z[i, j] = z
-                m = max(m, z)
-            s = 0.0
-            for j in range(k):
-                e = np.exp(Z[i, j] - m)
-                P[i, j] = e
-                s += e
-            inv = 1.0 / s
-            for j in range(k):
-                P[i, j] *= inv
-        elif code == SIGMOID_BCE:
-            for j in range(k):
-                z = Z[i, j] + b[j]
-                e = np.exp(-abs(z))
+                e = exp(-abs(z))
                 P[i, j] = 1.0 / (1.0 + e) if z >= 0 else e / (1.0 + e)
         elif code == EXP_POISSON:
             for j in range(k):
-                P[i, j] = np.exp(Z[i, j] + b[j])
+                P[i, j] = exp(Z[i, j] + b[j])
         else:
             for j in range(k):
                 P[i, j] = Z[i, j] + b[j]

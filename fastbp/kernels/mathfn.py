@@ -1,17 +1,18 @@
 """Elementary functions the kernels call, vectorisable where that is safe.
 
-Inside ``@njit`` code, ``np.tanh`` becomes a scalar libm call per element (no
-SVML here), which blocks SIMD and dominated the tanh workloads. ``tanh`` below
-dispatches on the argument's type: float32 gets a rational approximation in
-float32 arithmetic that LLVM vectorises; float64 keeps libm (float64 is the
-precision of the gradient checks, so it stays exact to libm's accuracy).
-``tests/test_mathfn.py`` checks the float32 path against NumPy over the whole
-float32 range, including ±inf and NaN.
+Inside ``@njit`` code, ``np.tanh`` and ``np.exp`` become scalar libm calls per
+element (no SVML here), which blocks SIMD and dominated the tanh workloads.
+``tanh`` and ``exp`` below dispatch on the argument's type: float32 gets an
+approximation in float32 arithmetic that LLVM vectorises; float64 keeps libm
+(float64 is the precision of the gradient checks, so it stays exact to libm's
+accuracy). ``tests/test_mathfn.py`` checks the float32 paths against NumPy over
+the whole float32 range, including ±inf and NaN.
 """
 
 import numpy as np
+from llvmlite import ir
 from numba import njit, types
-from numba.extending import overload
+from numba.extending import intrinsic, overload
 
 from .._config import JIT
 
@@ -61,6 +62,70 @@ def _tanh_impl(x):
     if x == types.float32:
         return lambda x: tanh_f32(x)
     return lambda x: np.tanh(x)
+
+
+# exp for float32: Cephes' expf. x = n ln2 + r with n = round(x / ln2), |r| <= ln2/2
+# (ln2 split in two so n ln2 is exact), e^r by a degree-6 polynomial, times 2^n built
+# from its bits in two halves so that results in the subnormal range come out too.
+_LOG2E = _f(1.44269504088896341)
+_LN2_HI, _LN2_LO = _f(0.693359375), _f(-2.12194440e-4)
+_E1, _E2, _E3 = _f(1.9875691500e-4), _f(1.3981999507e-3), _f(8.3334519073e-3)
+_E4, _E5, _E6 = _f(4.1665795894e-2), _f(1.6666665459e-1), _f(5.0000001201e-1)
+_EXP_HI = _f(88.72283935546875)   # above: exp overflows float32 (inf)
+_EXP_LO = _f(-104.0)              # below: exp underflows to 0
+
+
+@intrinsic
+def _f32_from_bits(typingctx, i):
+    # the float32 whose bit pattern is the int32 i
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.FloatType())
+    return types.float32(types.int32), codegen
+
+
+@njit(**JIT)
+def _pow2_f32(n):
+    # 2^n for an int32 n in the normal exponent range [-126, 127]
+    return _f32_from_bits((n + np.int32(127)) << np.int32(23))
+
+
+@njit(**dict(JIT, fastmath={"contract"}))   # FMAs: faster, and no less accurate
+def exp_f32(x):
+    # x float32 -> float32; NaN propagates, +inf -> inf, -inf -> 0
+    c = x
+    if c > _EXP_HI:
+        c = _EXP_HI
+    if c < _EXP_LO:
+        c = _EXP_LO
+    if c != c:   # NaN: compute on 0, give NaN back below (no NaN -> int conversion)
+        c = _f(0.0)
+    fn = np.floor(c * _LOG2E + _f(0.5))
+    r = c - fn * _LN2_HI
+    r = r - fn * _LN2_LO
+    p = r * _E1 + _E2
+    p = r * p + _E3
+    p = r * p + _E4
+    p = r * p + _E5
+    p = r * p + _E6
+    p = (r * r) * p + r + _f(1.0)
+    n = np.int32(fn)
+    h = n >> np.int32(1)             # 2^n = 2^h 2^(n - h): both halves stay normal
+    y = p * _pow2_f32(h) * _pow2_f32(n - h)
+    if x > _EXP_HI:
+        y = _f(np.inf)
+    return x if x != x else y
+
+
+def exp(x):
+    """exp for scalars inside kernels (float32: vectorisable approximation; else libm)."""
+    return np.exp(x)
+
+
+@overload(exp, inline="always")
+def _exp_impl(x):
+    if x == types.float32:
+        return lambda x: exp_f32(x)
+    return lambda x: np.exp(x)
 
 
 # gelu, tanh approximation, with constants in the argument's precision so float32
