@@ -119,9 +119,10 @@ def optimizer_update(kind, p, g, s1, s2, s3, hp, t, gscale):
 def all_finite(x):
     # 0 * x is 0 for finite x and NaN for NaN/inf. 'reassoc' alone lets the sum
     # vectorise; NaN/inf semantics are kept (no 'nnan'/'ninf'), and any order gives NaN.
-    s = 0.0
+    zero = like(0.0, x)   # in x's precision: float32 runs 16 lanes wide
+    s = zero
     for i in range(x.shape[0]):
-        s += 0.0 * x[i]
+        s += zero * x[i]
     return s == 0.0
 
 
