@@ -120,7 +120,8 @@ def test_exp_float32_accuracy_full_range():
     # subnormal results: within one subnormal step
     sub = fin & (r < FLT_MIN)
     assert np.max(np.abs(o[sub].astype(np.float64) - r[sub])) <= FLT_TRUE_MIN
-    assert np.all(o >= 0.0) and out[x == 0].tolist() == [1.0, 1.0]
+    assert np.all(o >= 0.0)
+    assert np.count_nonzero(x == 0) >= 2 and np.all(out[x == 0] == 1.0)   # exp(+-0) is exactly 1
 
 
 def test_exp_float64_is_libm():

@@ -62,7 +62,8 @@ def _row_weight(sw, i):
 
 # ---- softmax + cross-entropy -------------------------------------------------------
 def _exp_all(P):
-    """P = exp(P) elementwise (float32: the vectorisable exp)."""
+    """P = exp(P) elementwise, in place (compiled: float32 gets the vectorisable exp)."""
+    np.exp(P, out=P)
 
 
 @overload(_exp_all, jit_options=OVERLOAD_JIT)
@@ -117,8 +118,8 @@ def softmax_xent_forward(P, Z, b, T, labels, use_labels, sw):
     _softmax_exp(P, Z, b)
     total = 0.0
     for i in range(n):
-        m = -np.inf
-        for j in range(k):
+        m = -np.inf              # the row max again: a kernel has no scratch to keep it in,
+        for j in range(k):       # and k compares cost less than a second pass of exp
             m = max(m, Z[i, j])
         lse = m + np.log(_softmax_normalise(P, i))
         row = 0.0
