@@ -57,6 +57,20 @@ def _fallback_gemm(order, transa, transb, m, n, k, alpha, pa, lda, pb, ldb, beta
                     C[i, j] += a * B[p, j]
 
 
+def _omatcopy_sig(ft, ptr):
+    # (order, trans, rows, cols, alpha, A, lda, B, ldb): B (cols, rows) = alpha A^T for A (rows, cols)
+    return types.void(_i32, _i32, _i64, _i64, ft, ptr, _i64, ptr, _i64)
+
+
+def _fallback_omatcopy(order, trans, rows, cols, alpha, pa, lda, pb, ldb):
+    # Row-major, transposing only (the one use): B = alpha A^T.
+    A = carray(pa, (rows, lda))
+    B = carray(pb, (cols, ldb))
+    for i in range(rows):
+        for j in range(cols):
+            B[j, i] = alpha * A[i, j]
+
+
 def _find_numpy_openblas():
     """(library, prefix) of NumPy's bundled ILP64 OpenBLAS, or (None, None)."""
     base = os.path.dirname(np.__file__)
@@ -69,7 +83,8 @@ def _find_numpy_openblas():
         except OSError:
             continue
         for prefix, suffix in (("scipy_", "64_"), ("", "64_")):
-            if hasattr(lib, f"{prefix}cblas_sgemm{suffix}") and hasattr(lib, f"{prefix}cblas_dgemm{suffix}"):
+            names = [f"{prefix}cblas_{f}{suffix}" for f in ("sgemm", "dgemm", "somatcopy", "domatcopy")]
+            if all(hasattr(lib, name) for name in names):
                 return lib, (prefix, suffix, path)
     return None, None
 
@@ -86,6 +101,8 @@ def _setup():
         prefix, suffix, path = found
         llvm.add_symbol("fastbp_sgemm", _address(getattr(lib, f"{prefix}cblas_sgemm{suffix}")))
         llvm.add_symbol("fastbp_dgemm", _address(getattr(lib, f"{prefix}cblas_dgemm{suffix}")))
+        llvm.add_symbol("fastbp_somatcopy", _address(getattr(lib, f"{prefix}cblas_somatcopy{suffix}")))
+        llvm.add_symbol("fastbp_domatcopy", _address(getattr(lib, f"{prefix}cblas_domatcopy{suffix}")))
         info.update(provider="numpy-openblas", library=path)
         for name in (f"{prefix}openblas_set_num_threads{suffix}", "openblas_set_num_threads"):
             if hasattr(lib, name):
@@ -104,9 +121,11 @@ def _setup():
     else:
         s = cfunc(_gemm_sig(types.float32, types.CPointer(types.float32)), **JIT)(_fallback_gemm)
         d = cfunc(_gemm_sig(types.float64, types.CPointer(types.float64)), **JIT)(_fallback_gemm)
-        llvm.add_symbol("fastbp_sgemm", s.address)
-        llvm.add_symbol("fastbp_dgemm", d.address)
-        _setup.keep = (s, d)  # keep the compiled cfuncs alive
+        so = cfunc(_omatcopy_sig(types.float32, types.CPointer(types.float32)), **JIT)(_fallback_omatcopy)
+        do = cfunc(_omatcopy_sig(types.float64, types.CPointer(types.float64)), **JIT)(_fallback_omatcopy)
+        for name, f in (("sgemm", s), ("dgemm", d), ("somatcopy", so), ("domatcopy", do)):
+            llvm.add_symbol("fastbp_" + name, f.address)
+        _setup.keep = (s, d, so, do)  # keep the compiled cfuncs alive
     return info, set_threads, get_threads
 
 
@@ -114,6 +133,8 @@ BLAS_INFO, _set_threads, _get_threads = _setup()
 
 _sgemm = types.ExternalFunction("fastbp_sgemm", _gemm_sig(types.float32, types.uintp))
 _dgemm = types.ExternalFunction("fastbp_dgemm", _gemm_sig(types.float64, types.uintp))
+_somatcopy = types.ExternalFunction("fastbp_somatcopy", _omatcopy_sig(types.float32, types.uintp))
+_domatcopy = types.ExternalFunction("fastbp_domatcopy", _omatcopy_sig(types.float64, types.uintp))
 
 
 def set_blas_threads(n):
@@ -147,3 +168,32 @@ def gemm(trans_a, trans_b, alpha, A, B, beta, C):
     else:
         _dgemm(np.int32(ROW_MAJOR), ta, tb, m, n, k, np.float64(alpha), A.ctypes.data, lda,
                B.ctypes.data, ldb, np.float64(beta), C.ctypes.data, ldc)
+
+
+@njit(**JIT)
+def transpose(A, AT):
+    """AT = A.T for C-contiguous A (m, k) and AT (k, m)."""
+    m, k = A.shape
+    if m == 0 or k == 0:
+        return
+    if A.itemsize == 4:
+        _somatcopy(np.int32(ROW_MAJOR), np.int32(TRANS), m, k, np.float32(1.0), A.ctypes.data, k, AT.ctypes.data, m)
+    else:
+        _domatcopy(np.int32(ROW_MAJOR), np.int32(TRANS), m, k, np.float64(1.0), A.ctypes.data, k, AT.ctypes.data, m)
+
+
+# OpenBLAS computes small row-major, untransposed float32 products (alpha 1, beta 0,
+# m*n*k < 2*350*512 when it may use more than one thread) in its "direct" SkylakeX kernel,
+# without packing; a product with a transposed operand takes the packing path. Measured
+# here (OpenBLAS 0.3.31, 1 and 2 threads), dX = dZ W^T as an explicit transpose of W plus
+# that direct product took 0.55-0.85x the time of the transposed product up to
+# m*n*k ~ 6.6e5 (32x64x64: 4.7 -> 2.6 us) and the same time above 4e6 (1024x512x1: 0.3-0.4x,
+# a one-column W is copied for nothing); float64 gains nothing.
+DIRECT_MNK = 1 << 20
+
+
+def dx_via_transpose(m, n_in, n_out, dtype):
+    """Whether a layer's dX = dZ W^T, dZ (m, n_out), W (n_in, n_out), should be computed as
+    dZ @ (W^T copied out) rather than as a transposed product (see DIRECT_MNK)."""
+    return (BLAS_INFO["provider"] == "numpy-openblas" and np.dtype(dtype) == np.float32
+            and (m * n_in * n_out <= DIRECT_MNK or n_out == 1))

@@ -14,9 +14,10 @@ A batch of n <= B rows uses the first n rows of each slot: views, no copies.
 
 import numpy as np
 
+from ._blas import dx_via_transpose
 from .kernels.activations import NEEDS_Z
 from .kernels.network import (A_OFF, ACT, ALPHA, B_OFF, BE_OFF, D_OFF, DROP, EPS, G_OFF, M_OFF, MOMENTUM, MU_OFF,
-                              N_COLS, N_IN, N_OUT, NORM, P_END, RM_OFF, RS_OFF, RV_OFF, W_OFF, XH_OFF, Z_OFF)
+                              N_COLS, N_IN, N_OUT, NORM, P_END, RM_OFF, RS_OFF, RV_OFF, W_OFF, WT, XH_OFF, Z_OFF)
 from .kernels.norm import BATCH_NORM, NO_NORM
 
 ALIGN_BYTES = 64
@@ -89,6 +90,7 @@ def build_layout(sizes, act_codes, alphas, drops, param_offs, batch_size, dtype,
         row[N_IN], row[N_OUT] = sizes[l], k
         row[W_OFF], row[B_OFF], row[G_OFF], row[BE_OFF], row[P_END] = param_offs[l]
         row[NORM] = NO_NORM
+        row[WT] = int(l > 0 and dx_via_transpose(batch_size, sizes[l], k, dtype))
         if l < L - 1:
             row[ACT] = act_codes[l]
             if norms[l] != NO_NORM:

@@ -6,6 +6,7 @@ import pytest
 import fastbp as fb
 from fastbp.kernels.activations import ACTIVATIONS
 from fastbp.kernels.losses import PAIRS
+from fastbp.kernels.network import WT
 
 from .conftest import make_data
 
@@ -170,3 +171,24 @@ def test_network_gradient_with_l2(output, loss, norm, rng):
         np.testing.assert_allclose(g1[0], g0[0] + alpha / n * views[0], rtol=1e-12, atol=1e-15)
         for a0, a1 in zip(g0[1:], g1[1:]):
             assert np.array_equal(a0, a1)
+
+
+@pytest.mark.parametrize("l2", [0.0, 0.3])
+@pytest.mark.parametrize("norm", [None, "batch"])
+@pytest.mark.parametrize("k,output,activation", [(3, "softmax", "relu"), (1, "identity", "tanh")])
+def test_network_gradient_dx_via_transpose(k, output, activation, norm, l2, rng, monkeypatch):
+    # the backward pass's other way to dX = dZ W^T (W^T copied into the dW slot first, used by
+    # small float32 layers: _blas.dx_via_transpose), forced on for every layer here
+    import fastbp._buffers as buffers
+    monkeypatch.setattr(buffers, "dx_via_transpose", lambda *a: True)
+    loss = "cross_entropy" if output == "softmax" else "mse"
+    net = fb.Network([4, 6, 5, k], activation=activation, output=output, dtype=np.float64, seed=3, norm=norm)
+    randomize(net, rng)
+    net._l2 = l2
+    X, y = make_data(rng, 7, 4, k, loss)
+    if k == 1:
+        y = y.ravel()
+    _, analytic = flat_grads(net, X, y)
+    layout = net._workspace(7)[1]
+    assert list(layout[:, WT]) == [0, 1, 1]
+    assert rel_error(analytic, numeric_gradient(net, X, y)) <= 1e-6

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import fastbp as fb
-from fastbp._blas import gemm
+from fastbp._blas import gemm, transpose
 from fastbp.kernels.activations import ACTIVATIONS, activation_backward, activation_forward
 from fastbp.kernels.dense import dense_backward, dense_forward
 from fastbp.kernels.dropout import dropout_backward, dropout_forward
@@ -104,6 +104,15 @@ def test_gemm_empty_inner_dimension_scales_c(dtype):
     C[...] = 2.0
     gemm(False, False, 1.0, A, B, 0.5, C)
     assert np.array_equal(C, np.ones((3, 4)))
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 7), (7, 1), (64, 10), (33, 65), (0, 4), (4, 0)])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_transpose_matches_numpy(dtype, shape, rng):
+    A = rng.standard_normal(shape).astype(dtype)
+    AT = np.full(shape[::-1], np.nan, dtype)
+    transpose(A, AT)
+    assert np.array_equal(AT, A.T)
 
 
 # ---- dense ----------------------------------------------------------------------------------

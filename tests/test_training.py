@@ -79,6 +79,32 @@ def test_float32_matches_float64(rng):
     np.testing.assert_allclose(nets[0].predict_proba(X), nets[1].predict_proba(X), atol=1e-4)
 
 
+def test_dx_via_transpose_only_where_it_pays():
+    # small float32 layers take dX = dZ (W^T copied) (OpenBLAS's direct small-matrix path), others dZ W^T
+    from fastbp._blas import BLAS_INFO
+    ours = BLAS_INFO["provider"] == "numpy-openblas"
+    wt = lambda net, m: list(net._workspace(m)[1][:, K.WT])  # noqa: E731
+    assert wt(fb.Network([64, 64, 64, 10]), 32) == ([0, 1, 1] if ours else [0, 0, 0])
+    assert wt(fb.Network([64, 64, 64, 10], dtype=np.float64), 32) == [0, 0, 0]
+    assert wt(fb.Network([784, 512, 512, 1]), 256) == ([0, 0, 1] if ours else [0, 0, 0])
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_dx_via_transpose_trains_as_the_transposed_product(dropout, rng, monkeypatch):
+    import fastbp._buffers as buffers
+    X, y = make_data(rng, 90, 6, 4, "cross_entropy", np.float32)
+    runs = []
+    for via in (False, True):
+        monkeypatch.setattr(buffers, "dx_via_transpose", lambda *a, via=via: via)
+        net = fb.Network([6, 12, 9, 4], seed=2, dropout=dropout)
+        net._l2 = 1e-3 if dropout else 0.0   # the L2 branch writes dW after dX too
+        h = net.fit(X, y, epochs=3, batch_size=16, optimizer=fb.Adam(1e-2))
+        assert list(net._workspace(16)[1][:, K.WT]) == [0, int(via), int(via)]
+        runs.append((h.history["loss"], net.params.copy()))
+    np.testing.assert_allclose(runs[0][0], runs[1][0], rtol=1e-5)
+    np.testing.assert_allclose(runs[0][1], runs[1][1], rtol=1e-4, atol=1e-5)
+
+
 def test_one_and_two_threads_agree(rng):
     X, y = make_data(rng, 300, 40, 5, "cross_entropy", np.float64)
     results = []

@@ -6,11 +6,12 @@ whole epoch. Their first argument ``kset`` (kset.py) says which kernels the
 compiled function contains: a network's drivers are compiled with its own
 activations, loss pair, norms, optimizer and dropout only.
 
-``layout`` (n_layers, 18) int64, one row per dense layer:
+``layout`` (n_layers, 19) int64, one row per dense layer:
     n_in, n_out, W offset, b offset (in params/grads), activation code,
     Z, A, D, M offsets (in ws; each slot holds batch_size * n_out values),
     norm code, gamma and beta offsets (params), XH, MU, RS offsets (ws),
-    running mean and variance offsets (nstate), end of the layer's parameters.
+    running mean and variance offsets (nstate), end of the layer's parameters,
+    and whether dX = dZ W^T is computed from a copy of W^T (_blas.dx_via_transpose).
 Z == A for activations that run in place, D == A for layers without dropout.
 The output layer's A is the prediction P (never aliasing its Z). A layer's
 parameters (W, b, and gamma, beta with a norm) span [W offset, end).
@@ -26,7 +27,7 @@ with s the batch's total sample weight: its row count when unweighted).
 import numpy as np
 from numba import njit
 
-from .._blas import gemm
+from .._blas import gemm, transpose
 from .._config import INLINE, JIT
 from .activations import activation_backward_in, activation_forward_in
 from .dropout import dropout_backward_in, dropout_forward_in
@@ -35,8 +36,8 @@ from .norm import NO_NORM, norm_backward_in, norm_forward_in
 from .optim import all_finite, diff_sq_sum, optimizer_update_in, sq_sum
 
 (N_IN, N_OUT, W_OFF, B_OFF, ACT, Z_OFF, A_OFF, D_OFF, M_OFF, NORM, G_OFF, BE_OFF, XH_OFF, MU_OFF, RS_OFF,
- RM_OFF, RV_OFF, P_END) = range(18)
-N_COLS = 18
+ RM_OFF, RV_OFF, P_END, WT) = range(19)
+N_COLS = 19
 LOSS, G0_OFF, G1_OFF = range(3)
 ALPHA, DROP, MOMENTUM, EPS = range(4)
 CLIP, TRACK, L2 = range(3)
@@ -146,6 +147,15 @@ def backward_all(kset, grads, params, ws, layout, fpar, meta, X, T, labels, use_
         n_in = layout[l, N_IN]
         W, _ = layer_params(params, layout, l)
         dW, _ = layer_params(grads, layout, l)
+        if l > 0:
+            dA = view2(ws, other, n, n_in)
+            if layout[l, WT] > 0:
+                # W^T goes to the dW slot, which is written only after this
+                WT_ = view2(grads, layout[l, W_OFF], layout[l, N_OUT], n_in)
+                transpose(W, WT_)
+                gemm(False, False, 1.0, dZ, WT_, 0.0, dA)       # dX = dZ (W^T)
+            else:
+                gemm(False, True, 1.0, dZ, W, 0.0, dA)          # dX = dZ W^T
         inp = X if l == 0 else view2(ws, layout[l - 1, D_OFF], n, n_in)
         if l2 > 0.0:
             c = l2 * _inv_total(sw, n)
@@ -157,8 +167,6 @@ def backward_all(kset, grads, params, ws, layout, fpar, meta, X, T, labels, use_
             gemm(True, False, 1.0, inp, dZ, 0.0, dW)          # dW = X^T dZ
         if l == 0:
             break
-        dA = view2(ws, other, n, n_in)
-        gemm(False, True, 1.0, dZ, W, 0.0, dA)                # dX = dZ W^T
         h = l - 1
         if fpar[h, DROP] > 0.0:
             dropout_backward_in(kset, dA, dA, view2(ws, layout[h, M_OFF], n, n_in))
