@@ -83,7 +83,7 @@ def _find_numpy_openblas():
         except OSError:
             continue
         for prefix, suffix in (("scipy_", "64_"), ("", "64_")):
-            names = [f"{prefix}cblas_{f}{suffix}" for f in ("sgemm", "dgemm", "somatcopy", "domatcopy")]
+            names = [f"{prefix}cblas_{f}{suffix}" for f in ("sgemm", "dgemm")]
             if all(hasattr(lib, name) for name in names):
                 return lib, (prefix, suffix, path)
     return None, None
@@ -93,16 +93,36 @@ def _address(fn):
     return ctypes.cast(fn, ctypes.c_void_p).value
 
 
+_KEEP = []
+
+
+def _compile_fallbacks(names):
+    """Plain Numba cfuncs behind the ``fastbp_<name>`` symbols (see the module docstring)."""
+    sigs = {"sgemm": (_fallback_gemm, _gemm_sig, types.float32), "dgemm": (_fallback_gemm, _gemm_sig, types.float64),
+            "somatcopy": (_fallback_omatcopy, _omatcopy_sig, types.float32),
+            "domatcopy": (_fallback_omatcopy, _omatcopy_sig, types.float64)}
+    for name in names:
+        fn, sig, ft = sigs[name]
+        f = cfunc(sig(ft, types.CPointer(ft)), **JIT)(fn)
+        llvm.add_symbol("fastbp_" + name, f.address)
+        _KEEP.append(f)  # keep the compiled cfunc alive
+
+
 def _setup():
-    info = {"provider": "numba-fallback", "library": None, "config": None}
+    info = {"provider": "numba-fallback", "library": None, "config": None, "omatcopy": "numba-fallback"}
     lib, found = (None, None) if os.environ.get("FASTBP_BLAS", "").lower() == "numba" else _find_numpy_openblas()
     set_threads = get_threads = None
     if lib is not None:
         prefix, suffix, path = found
         llvm.add_symbol("fastbp_sgemm", _address(getattr(lib, f"{prefix}cblas_sgemm{suffix}")))
         llvm.add_symbol("fastbp_dgemm", _address(getattr(lib, f"{prefix}cblas_dgemm{suffix}")))
-        llvm.add_symbol("fastbp_somatcopy", _address(getattr(lib, f"{prefix}cblas_somatcopy{suffix}")))
-        llvm.add_symbol("fastbp_domatcopy", _address(getattr(lib, f"{prefix}cblas_domatcopy{suffix}")))
+        omat = [getattr(lib, f"{prefix}cblas_{f}{suffix}", None) for f in ("somatcopy", "domatcopy")]
+        if None in omat:   # an OpenBLAS without the extension: the transpose falls back, sgemm stays
+            _compile_fallbacks(("somatcopy", "domatcopy"))
+        else:
+            llvm.add_symbol("fastbp_somatcopy", _address(omat[0]))
+            llvm.add_symbol("fastbp_domatcopy", _address(omat[1]))
+            info["omatcopy"] = "numpy-openblas"
         info.update(provider="numpy-openblas", library=path)
         for name in (f"{prefix}openblas_set_num_threads{suffix}", "openblas_set_num_threads"):
             if hasattr(lib, name):
@@ -119,13 +139,7 @@ def _setup():
             cfg.restype = ctypes.c_char_p
             info["config"] = cfg().decode()
     else:
-        s = cfunc(_gemm_sig(types.float32, types.CPointer(types.float32)), **JIT)(_fallback_gemm)
-        d = cfunc(_gemm_sig(types.float64, types.CPointer(types.float64)), **JIT)(_fallback_gemm)
-        so = cfunc(_omatcopy_sig(types.float32, types.CPointer(types.float32)), **JIT)(_fallback_omatcopy)
-        do = cfunc(_omatcopy_sig(types.float64, types.CPointer(types.float64)), **JIT)(_fallback_omatcopy)
-        for name, f in (("sgemm", s), ("dgemm", d), ("somatcopy", so), ("domatcopy", do)):
-            llvm.add_symbol("fastbp_" + name, f.address)
-        _setup.keep = (s, d, so, do)  # keep the compiled cfuncs alive
+        _compile_fallbacks(("sgemm", "dgemm", "somatcopy", "domatcopy"))
     return info, set_threads, get_threads
 
 
@@ -188,12 +202,22 @@ def transpose(A, AT):
 # here (OpenBLAS 0.3.31, 1 and 2 threads), dX = dZ W^T as an explicit transpose of W plus
 # that direct product took 0.55-0.85x the time of the transposed product up to
 # m*n*k ~ 6.6e5 (32x64x64: 4.7 -> 2.6 us) and the same time above 4e6 (1024x512x1: 0.3-0.4x,
-# a one-column W is copied for nothing); float64 gains nothing.
+# a one-column W is copied for nothing); float64 gains nothing. (dW = X^T dZ, transposed
+# the other way, is as fast as X^T copied out plus the direct product: 2.56 vs 2.63 us.)
+# The small-matrix kernels are AVX-512 code (OpenBLAS's SkylakeX kernel set, which its
+# Cooperlake and SapphireRapids cores and, in 0.3.31, Zen 4 use too); on other cores,
+# where it was not measured, the transposed product stays.
 DIRECT_MNK = 1 << 20
+DIRECT_CORES = ("skylakex", "cooperlake", "sapphirerapids")
+
+
+def _direct_kernels(info):
+    return (info["provider"] == "numpy-openblas" and info.get("omatcopy") == "numpy-openblas"
+            and any(core in (info.get("config") or "").lower() for core in DIRECT_CORES))
 
 
 def dx_via_transpose(m, n_in, n_out, dtype):
     """Whether a layer's dX = dZ W^T, dZ (m, n_out), W (n_in, n_out), should be computed as
     dZ @ (W^T copied out) rather than as a transposed product (see DIRECT_MNK)."""
-    return (BLAS_INFO["provider"] == "numpy-openblas" and np.dtype(dtype) == np.float32
+    return (_direct_kernels(BLAS_INFO) and np.dtype(dtype) == np.float32
             and (m * n_in * n_out <= DIRECT_MNK or n_out == 1))

@@ -115,6 +115,55 @@ def test_transpose_matches_numpy(dtype, shape, rng):
     assert np.array_equal(AT, A.T)
 
 
+_FALLBACK_SCRIPT = """
+import numpy as np
+import fastbp as fb
+import fastbp.kernels.kset as kset
+from fastbp._blas import BLAS_INFO, gemm, transpose
+kset.SPECIALISE = False   # as in the suite (conftest): the all-kernel drivers its other tests cache
+assert BLAS_INFO["provider"] == "numba-fallback" and BLAS_INFO["omatcopy"] == "numba-fallback", BLAS_INFO
+rng = np.random.default_rng(0)
+for dt in (np.float32, np.float64):
+    tol = 1e-4 if dt == np.float32 else 1e-12
+    for ta in (False, True):
+        for tb in (False, True):
+            A = rng.standard_normal((5, 3) if ta else (3, 5)).astype(dt)
+            B = rng.standard_normal((4, 5) if tb else (5, 4)).astype(dt)
+            C = rng.standard_normal((3, 4)).astype(dt)
+            want = 0.5 * (A.T if ta else A) @ (B.T if tb else B) + 2.0 * C
+            gemm(ta, tb, 0.5, A, B, 2.0, C)
+            np.testing.assert_allclose(C, want, rtol=tol, atol=tol)
+    A = rng.standard_normal((3, 7)).astype(dt)
+    AT = np.empty((7, 3), dt)
+    transpose(A, AT)
+    assert np.array_equal(AT, A.T)
+data = np.random.default_rng(1)
+X = data.standard_normal((40, 6)).astype(np.float32)
+y = data.integers(0, 3, 40)
+net = fb.Network([6, 8, 3], seed=0)
+print(repr(net.fit(X, y, epochs=2, batch_size=16, optimizer=fb.Adam(1e-2), verbose=0).history["loss"][-1]))
+"""
+
+
+def test_numba_fallback_blas_in_a_fresh_process():
+    # FASTBP_BLAS=numba: every GEMM and transpose goes to the plain Numba cfuncs (the path of
+    # platforms where NumPy ships no usable OpenBLAS); they match NumPy, and a network trains to
+    # the same loss as with OpenBLAS (cached drivers link against whichever is registered)
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, FASTBP_BLAS="numba")
+    out = subprocess.run([sys.executable, "-c", _FALLBACK_SCRIPT], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    data = np.random.default_rng(1)   # the script's X, y
+    X = data.standard_normal((40, 6)).astype(np.float32)
+    y = data.integers(0, 3, 40)
+    net = fb.Network([6, 8, 3], seed=0)
+    ours = net.fit(X, y, epochs=2, batch_size=16, optimizer=fb.Adam(1e-2), verbose=0).history["loss"][-1]
+    assert float(out.stdout.strip()) == pytest.approx(ours, rel=1e-5)
+
+
 # ---- dense ----------------------------------------------------------------------------------
 DENSE_SHAPES = [(1, 1, 1), (7, 33, 1), (33, 1, 7), (7, 7, 33), (33, 33, 33)]  # (n, n_in, n_out)
 

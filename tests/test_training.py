@@ -81,12 +81,24 @@ def test_float32_matches_float64(rng):
 
 def test_dx_via_transpose_only_where_it_pays():
     # small float32 layers take dX = dZ (W^T copied) (OpenBLAS's direct small-matrix path), others dZ W^T
-    from fastbp._blas import BLAS_INFO
-    ours = BLAS_INFO["provider"] == "numpy-openblas"
+    from fastbp._blas import BLAS_INFO, _direct_kernels
+    ours = _direct_kernels(BLAS_INFO)
     wt = lambda net, m: list(net._workspace(m)[1][:, K.WT])  # noqa: E731
     assert wt(fb.Network([64, 64, 64, 10]), 32) == ([0, 1, 1] if ours else [0, 0, 0])
     assert wt(fb.Network([64, 64, 64, 10], dtype=np.float64), 32) == [0, 0, 0]
     assert wt(fb.Network([784, 512, 512, 1]), 256) == ([0, 0, 1] if ours else [0, 0, 0])
+
+
+def test_dx_via_transpose_needs_openblas_small_kernels_and_its_omatcopy():
+    from fastbp._blas import _direct_kernels
+    info = {"provider": "numpy-openblas", "omatcopy": "numpy-openblas",
+            "config": "OpenBLAS 0.3.31 USE64BITINT DYNAMIC_ARCH NO_AFFINITY SkylakeX MAX_THREADS=64"}
+    assert _direct_kernels(info)
+    assert _direct_kernels(dict(info, config=info["config"].replace("SkylakeX", "SapphireRapids")))
+    assert not _direct_kernels(dict(info, config=info["config"].replace("SkylakeX", "Haswell")))
+    assert not _direct_kernels(dict(info, config=None))
+    assert not _direct_kernels(dict(info, omatcopy="numba-fallback"))
+    assert not _direct_kernels(dict(info, provider="numba-fallback"))
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.3])
