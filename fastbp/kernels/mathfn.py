@@ -29,7 +29,7 @@ _B0, _B2 = _f(4.89352518554385e-03), _f(2.26843463243900e-03)
 _B4, _B6 = _f(1.18534705686654e-04), _f(1.19825839466702e-06)
 
 
-@njit(**JIT)
+@njit(**dict(JIT, fastmath={"contract"}))   # FMAs: tanh_forward 32x64 0.85 -> 0.72 us
 def tanh_f32(x):
     # x float32 -> float32; NaN propagates (it fails both comparisons), +-inf clamp to +-1
     c = x
@@ -49,6 +49,8 @@ def tanh_f32(x):
     q = x2 * q + _B2
     q = x2 * q + _B0
     r = p / q
+    # with FMAs the clamp point gives 1 - 2^-22, not 1: saturate there exactly (a select)
+    r = np.copysign(_f(1.0), c) if abs(c) >= _CLAMP else r
     return c if abs(c) < _TINY else r
 
 
