@@ -18,7 +18,10 @@ Peers: ``fastbp``; ``torch`` (eager ``nn.Linear`` stack, default optimizer) and 
 (``fused=True``); ``jax`` (jit-compiled step, optimizer in ``jax.numpy``); ``sklearn``
 (``MLPClassifier``/``MLPRegressor`` on float32); ``numpy`` (backprop by hand); and the
 pseudo-peer ``sgemm`` (NumPy's best float32 matmul rate on the largest layer's shapes and on
-2048^3, to put GFLOP/s in proportion). A peer that is not installed is skipped with a note.
+2048^3, to put GFLOP/s in proportion). A peer that is not installed is skipped with a note. Every worker also measures the
+machine itself, a short float32 GEMM before and after its run (``machine_probe``); the
+driver names the runs whose probe fell well below the run's median, when the machine, not
+the peer, was slow.
 The exit status is 1 when a loss check fails or a worker fails, else 0.
 """
 
@@ -459,6 +462,47 @@ def gemm_rate(m, k, n, trans_a=False, trans_b=False, min_time=0.02, reps=5):
     return 2.0 * m * n * k / best / 1e9
 
 
+PROBE_N = 512            # the machine probe's square float32 product (quick: 128)
+PROBE_SLOW = 0.75        # a probe below this fraction of the run's median flags its round
+PROBE_PAUSE_S = 0.25     # before the probe after a run (XLA's pool spun into an immediate one)
+
+
+def machine_probe(threads, quick=False):
+    """The machine's float32 GEMM rate right now, in GFLOP/s: NumPy's matmul of two n x n
+    matrices on ``threads`` threads, the median of 5 loops of about 10 ms.
+
+    Every worker takes one before its run (the warm-up epoch separates it from the timed
+    ones) and one after, so that a round run while the machine itself was slow can be told
+    from a slow peer: on shared machines two virtual cores sometimes share one physical core,
+    which halves a two-thread GEMM for seconds or minutes."""
+    from ._blas import set_blas_threads
+    set_blas_threads(threads)   # NumPy's OpenBLAS (the NumPy peer's and fastbp's)
+    n = 128 if quick else PROBE_N
+    A = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    C = np.empty_like(A)
+    np.matmul(A, A, out=C)
+    count = 8 if not quick else 2
+    rates = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for _ in range(count):
+            np.matmul(A, A, out=C)
+        rates.append(2.0 * n ** 3 * count / (time.perf_counter() - t0) / 1e9)
+    return statistics.median(rates)
+
+
+def slow_rounds(results):
+    """(reference GFLOP/s, [(workload, round, peer, before, after)]): the runs whose machine
+    probe (either one) fell below PROBE_SLOW x the median of every probe of the run."""
+    probes = [g for r in results for g in r.get("probe_gflops") or ()]
+    if not probes:
+        return None, []
+    ref = statistics.median(probes)
+    slow = [(r["workload"], r["round"], r["peer"], *r["probe_gflops"]) for r in results
+            if r.get("probe_gflops") and min(r["probe_gflops"]) < PROBE_SLOW * ref]
+    return ref, slow
+
+
 def run_sgemm(spec, X, y, weights, threads, epochs, quick=False):
     """The GEMMs of a training step for the largest layer (forward X W, dW = X^T dZ,
     dX = dZ W^T) at the workload's batch size, and one large square product."""
@@ -501,11 +545,14 @@ def worker(args):
            "batch": spec["batch"], "epochs": args.epochs, "shuffle": False}
     try:
         runner = RUNNERS[args.worker]
+        before = machine_probe(args.threads, args.quick)
         if args.worker == "sgemm":
             res = runner(spec, X, y, weights, args.threads, args.epochs, quick=args.quick)
         else:
             res = runner(spec, X, y, weights, args.threads, args.epochs)
         out.update(res)
+        time.sleep(0.0 if args.quick else PROBE_PAUSE_S)   # the peer's pools stop spinning first
+        out["probe_gflops"] = [before, machine_probe(args.threads, args.quick)]
         out["ok"] = True
     except Exception as e:  # reported by the driver as an ERROR row
         out.update(ok=False, error=f"{type(e).__name__}: {e}")
@@ -774,7 +821,9 @@ def driver(args):
                             f"cpu/wall {r['cpu_per_wall']:.2f}, load {r['load_average']:.2f}"
                             if r.get("ok") and r.get("samples_per_s") else
                             f"{r['gemm_layer_gflops']:.1f} GFLOP/s" if r.get("ok") else "ERROR " + r["error"])
-                    print(f"[{name} round {rnd}/{args.rounds}] {p}: {what} ({time.perf_counter() - t0:.1f} s)",
+                    probe = ("; probe {:.0f}/{:.0f} GFLOP/s".format(*r["probe_gflops"])
+                             if r.get("probe_gflops") else "")
+                    print(f"[{name} round {rnd}/{args.rounds}] {p}: {what} ({time.perf_counter() - t0:.1f} s{probe})",
                           file=sys.stderr, flush=True)
             os.unlink(data)
             s = summarise(name, results, peers)
@@ -791,13 +840,23 @@ def driver(args):
                             f"every peer's first-epoch loss within {LOSS_RTOL:g} (relative) of the reference"))
     if errors:
         print("errors in: " + ", ".join(errors))
+    ref, slow = slow_rounds(all_results)
+    if ref is not None:
+        print(f"machine check: GEMM probe ({PROBE_N if not args.quick else 128}^3, {args.threads} thread(s), "
+              f"before/after each run) median {ref:.0f} GFLOP/s; " +
+              ("every probe within {:.0%} of it".format(PROBE_SLOW) if not slow else
+               "below {:.0%} of it (the machine, not the peer, was slow; compare those rounds with care): ".format(
+                   PROBE_SLOW) + ", ".join(f"{w} round {rnd} {p} ({b:.0f}/{a:.0f})" for w, rnd, p, b, a in slow)))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"meta": {**info, "rounds": args.rounds, "epochs": args.epochs, "quick": args.quick,
                                 "peers": peers, "workloads": workloads, "notes": notes, "shuffle": False,
                                 "loss_rtol": LOSS_RTOL},
                        "results": all_results, "summary": summaries,
-                       "loss_check": {"ok": not mismatches, "mismatches": mismatches}, "errors": errors},
+                       "loss_check": {"ok": not mismatches, "mismatches": mismatches}, "errors": errors,
+                       "machine_check": {"probe_median_gflops": ref, "slow_fraction": PROBE_SLOW,
+                                         "slow": [dict(zip(("workload", "round", "peer", "before", "after"), x))
+                                                  for x in slow]}},
                       f, indent=1)
     if args.plot:
         plot(args.plot, summaries)

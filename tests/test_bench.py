@@ -25,6 +25,7 @@ def test_quick_run_writes_consistent_json(tmp_path):
     assert set(runs) == {(w, p) for w in ("small", "regress") for p in ("fastbp", "numpy", "sgemm")}
     for (w, p), r in runs.items():
         assert r["ok"] and r["round"] == 1 and r["threads"] == 1 and len(r["affinity"]) == 1
+        assert len(r["probe_gflops"]) == 2 and min(r["probe_gflops"]) > 0
         if p == "sgemm":
             assert r["gemm_layer_gflops"] > 0 and r["gemm_square_gflops"] > 0
             continue
@@ -33,10 +34,22 @@ def test_quick_run_writes_consistent_json(tmp_path):
         assert np.isfinite(r["loss_first"]) and np.isfinite(r["loss_last"])
         assert r["loss_last"] < r["loss_first"]  # it learns
     assert runs["small", "fastbp"]["predict_samples_per_s"] > 0
+    mc = report["machine_check"]
+    assert mc["probe_median_gflops"] > 0 and isinstance(mc["slow"], list) and "machine check: GEMM probe" in proc.stdout
     for s in report["summary"]:
         assert s["loss_reference"] == "fastbp"
         assert s["peers"]["numpy"]["loss_ok"] and s["peers"]["numpy"]["ratio"] > 0
         assert s["peers"]["fastbp"]["ratio"] == 1.0
+
+
+def test_slow_rounds_names_the_runs_whose_probe_fell():
+    res = [{"workload": "mnist", "round": r, "peer": p, "probe_gflops": g}
+           for r, p, g in [(1, "fastbp", [180.0, 178.0]), (1, "torch", [182.0, 120.0]), (2, "fastbp", [179.0, 181.0]),
+                           (2, "torch", [177.0, 183.0])]]
+    res.append({"workload": "mnist", "round": 2, "peer": "jax", "ok": False, "error": "x"})   # no probe: skipped
+    ref, slow = bench.slow_rounds(res)
+    assert ref == 179.5 and slow == [("mnist", 1, "torch", 182.0, 120.0)]
+    assert bench.slow_rounds([{"workload": "w", "round": 1, "peer": "p"}]) == (None, [])
 
 
 def test_data_and_weights_are_fixed():
