@@ -18,10 +18,10 @@ Peers: ``fastbp``; ``torch`` (eager ``nn.Linear`` stack, default optimizer) and 
 (``fused=True``); ``jax`` (jit-compiled step, optimizer in ``jax.numpy``); ``sklearn``
 (``MLPClassifier``/``MLPRegressor`` on float32); ``numpy`` (backprop by hand); and the
 pseudo-peer ``sgemm`` (NumPy's best float32 matmul rate on the largest layer's shapes and on
-2048^3, to put GFLOP/s in proportion). A peer that is not installed is skipped with a note. Every worker also measures the
-machine itself, a short float32 GEMM before and after its run (``machine_probe``); the
-driver names the runs whose probe fell well below the run's median, when the machine, not
-the peer, was slow.
+2048^3, to put GFLOP/s in proportion). A peer that is not installed is skipped with a note.
+Every worker also measures the machine itself, a short float32 GEMM before and after its run
+(``machine_probe``); the driver names the runs whose probe fell well below the run's median,
+when the machine, not the peer, was slow.
 The exit status is 1 when a loss check fails or a worker fails, else 0.
 """
 
@@ -440,9 +440,10 @@ def run_numpy(spec, X, y, weights, threads, epochs):
     return out
 
 
-def gemm_rate(m, k, n, trans_a=False, trans_b=False, min_time=0.02, reps=5):
-    """Best float32 GFLOP/s of NumPy's matmul for C (m, n) = op(A) op(B), over ``reps`` timings
-    of a loop long enough to take ``min_time`` seconds."""
+def gemm_rate(m, k, n, trans_a=False, trans_b=False, min_time=0.02, reps=5, pick=min):
+    """float32 GFLOP/s of NumPy's matmul for C (m, n) = op(A) op(B), from ``reps`` timings of a
+    loop long enough to take ``min_time`` seconds: the best one (``pick=min``) or, say, the
+    median (``pick=statistics.median``)."""
     rng = np.random.default_rng(0)
     A = rng.standard_normal((k, m) if trans_a else (m, k), dtype=np.float32)
     B = rng.standard_normal((n, k) if trans_b else (k, n), dtype=np.float32)
@@ -458,18 +459,18 @@ def gemm_rate(m, k, n, trans_a=False, trans_b=False, min_time=0.02, reps=5):
     count = 1
     while loop(count) < min_time and count < 1 << 20:
         count *= 2
-    best = min(loop(count) for _ in range(reps)) / count
-    return 2.0 * m * n * k / best / 1e9
+    t = pick([loop(count) for _ in range(reps)]) / count
+    return 2.0 * m * n * k / t / 1e9
 
 
-PROBE_N = 512            # the machine probe's square float32 product (quick: 128)
+PROBE_N, PROBE_N_QUICK = 512, 128   # the machine probe's square float32 product
 PROBE_SLOW = 0.75        # a probe below this fraction of the run's median flags its round
 PROBE_PAUSE_S = 0.25     # before the probe after a run (XLA's pool spun into an immediate one)
 
 
 def machine_probe(threads, quick=False):
     """The machine's float32 GEMM rate right now, in GFLOP/s: NumPy's matmul of two n x n
-    matrices on ``threads`` threads, the median of 5 loops of about 10 ms.
+    matrices on ``threads`` threads, the median of 5 loops of at least 10 ms.
 
     Every worker takes one before its run (the warm-up epoch separates it from the timed
     ones) and one after, so that a round run while the machine itself was slow can be told
@@ -477,18 +478,8 @@ def machine_probe(threads, quick=False):
     which halves a two-thread GEMM for seconds or minutes."""
     from ._blas import set_blas_threads
     set_blas_threads(threads)   # NumPy's OpenBLAS (the NumPy peer's and fastbp's)
-    n = 128 if quick else PROBE_N
-    A = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
-    C = np.empty_like(A)
-    np.matmul(A, A, out=C)
-    count = 8 if not quick else 2
-    rates = []
-    for _ in range(5):
-        t0 = time.perf_counter()
-        for _ in range(count):
-            np.matmul(A, A, out=C)
-        rates.append(2.0 * n ** 3 * count / (time.perf_counter() - t0) / 1e9)
-    return statistics.median(rates)
+    n = PROBE_N_QUICK if quick else PROBE_N
+    return gemm_rate(n, n, n, min_time=0.001 if quick else 0.01, pick=statistics.median)
 
 
 def slow_rounds(results):
@@ -842,7 +833,7 @@ def driver(args):
         print("errors in: " + ", ".join(errors))
     ref, slow = slow_rounds(all_results)
     if ref is not None:
-        print(f"machine check: GEMM probe ({PROBE_N if not args.quick else 128}^3, {args.threads} thread(s), "
+        print(f"machine check: GEMM probe ({PROBE_N_QUICK if args.quick else PROBE_N}^3, {args.threads} thread(s), "
               f"before/after each run) median {ref:.0f} GFLOP/s; " +
               ("every probe within {:.0%} of it".format(PROBE_SLOW) if not slow else
                "below {:.0%} of it (the machine, not the peer, was slow; compare those rounds with care): ".format(

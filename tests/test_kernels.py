@@ -9,6 +9,10 @@ unless a comment says why the rounding of the inputs, or of cancelling terms, bo
 by something larger (e.g. the GEMM bound |alpha| |A| |B| + |beta| |C|).
 """
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -149,9 +153,6 @@ def test_numba_fallback_blas_in_a_fresh_process():
     # FASTBP_BLAS=numba: every GEMM and transpose goes to the plain Numba cfuncs (the path of
     # platforms where NumPy ships no usable OpenBLAS); they match NumPy, and a network trains to
     # the same loss as with OpenBLAS (cached drivers link against whichever is registered)
-    import os
-    import subprocess
-    import sys
     env = dict(os.environ, FASTBP_BLAS="numba")
     out = subprocess.run([sys.executable, "-c", _FALLBACK_SCRIPT], env=env, capture_output=True, text=True,
                          timeout=600)
