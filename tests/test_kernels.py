@@ -280,6 +280,42 @@ def test_activation_backward_matches_naive(name, dtype, shape, rng):
     assert_close(db, db_ref, dtype, scale.sum(axis=0))
 
 
+# f and f' at the ends of the range: the limits, and NaN in gives NaN out (as NumPy and torch);
+# relu' and leaky_relu' read A > 0, which is false for NaN (torch's threshold backward too)
+# (z is -inf, -max, -1e4, -0, 0, 1e4, max, inf or NaN; a is the activation's alpha)
+_EXTREME_F = {
+    "identity": lambda z, a: z, "relu": lambda z, a: np.where(z > 0, z, np.where(np.isnan(z), z, 0.0)),
+    "leaky_relu": lambda z, a: np.where(z > 0, z, a * z), "elu": lambda z, a: np.where(z > 0, z, a * np.expm1(z)),
+    "sigmoid": lambda z, a: 1 / (1 + np.exp(-z)), "tanh": lambda z, a: np.tanh(z),
+    "softplus": lambda z, a: np.logaddexp(0, z),
+    "gelu": lambda z, a: np.where(z > 0, z, np.where(np.isnan(z), z, -0.0)),
+}
+_EXTREME_DF = {
+    "identity": lambda z, a: np.ones_like(z), "relu": lambda z, a: np.where(z > 0, 1.0, 0.0),
+    "leaky_relu": lambda z, a: np.where(z > 0, 1.0, a), "elu": lambda z, a: np.where(z > 0, 1.0, a * np.exp(z)),
+    "sigmoid": lambda z, a: np.where(np.isnan(z), z, np.where(np.abs(z) > 1, 0.0, 0.25)),
+    "tanh": lambda z, a: np.where(np.isnan(z), z, np.where(np.abs(z) > 1, 0.0, 1.0)),
+    "softplus": lambda z, a: np.where(np.isnan(z), z, np.where(z > 1, 1.0, np.where(z < -1, 0.0, 0.5))),
+    "gelu": lambda z, a: np.where(np.isnan(z), z, np.where(z > 1, 1.0, np.where(z < -1, 0.0, 0.5))),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", ACT_NAMES)
+def test_activation_limits_at_inf_nan_and_the_largest_floats(name, dtype):
+    big = np.finfo(dtype).max
+    Z = np.array([[-np.inf, -big, -1e4, -0.0, 0.0, 1e4, big, np.inf, np.nan]], dtype)
+    b = np.zeros(Z.shape[1], dtype)
+    A, Zk = run_forward(name, Z, b)
+    dZ, _ = run_backward(name, np.ones_like(Z), A, Zk)
+    z = Z.astype(np.float64)
+    alpha = ACT_ALPHA.get(name, 0.0)
+    with np.errstate(all="ignore"):
+        f_ref, df_ref = _EXTREME_F[name](z, alpha).astype(dtype), _EXTREME_DF[name](z, alpha).astype(dtype)
+    assert np.array_equal(A, f_ref, equal_nan=True), (A, f_ref)
+    assert np.array_equal(dZ, df_ref, equal_nan=True), (dZ, df_ref)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name", [a for a in ACT_NAMES if a != "gelu"])
 def test_activation_forward_in_place(name, dtype, rng):

@@ -87,6 +87,27 @@ def test_gelu_and_derivative(dtype, tol):
     assert np.max(np.abs(dout[fin] - dref[fin])) <= 10 * tol
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_gelu_limits_at_inf_nan_and_overflowing_cubes(dtype):
+    # the formula's z (1 + tanh) and z (1 - t^2) (1 + 3 k z^2) are 0 * inf = NaN at z = -inf,
+    # z = +-inf and wherever z^2 overflows; the limits are gelu(-inf) = -0, gelu' = 0 / 1
+    big = np.finfo(dtype).max
+    x = np.array([-np.inf, -big, -1e30, -1e19, -1e4, 1e4, 1e19, 1e30, big, np.inf, np.nan], dtype)
+    out, dout = np.empty_like(x), np.empty_like(x)
+    _apply_gelu(out, dout, x)
+    neg = x < 0
+    assert np.array_equal(out[neg], np.zeros(neg.sum(), dtype)) and np.all(np.signbit(out[neg]))
+    pos = x > 0
+    assert np.array_equal(out[pos], x[pos])
+    assert np.array_equal(dout[neg], np.zeros(neg.sum(), dtype))
+    assert np.array_equal(dout[pos], np.ones(pos.sum(), dtype))
+    assert np.isnan(out[-1]) and np.isnan(dout[-1])
+    # the Python reference versions agree
+    with np.errstate(all="ignore"):
+        assert np.array_equal(gelu(x.astype(np.float64)), out.astype(np.float64), equal_nan=True)
+        assert np.array_equal(gelu_grad(x.astype(np.float64)), dout.astype(np.float64), equal_nan=True)
+
+
 FLT_MIN = float(np.finfo(np.float32).tiny)   # smallest normal float32
 FLT_TRUE_MIN = 2.0 ** -149                    # smallest subnormal float32
 

@@ -69,7 +69,7 @@ def relu_forward(A, Z, b):
     for i in range(n):
         for j in range(k):
             z = A[i, j] + b[j]
-            A[i, j] = z if z > 0 else zero
+            A[i, j] = zero if z <= 0 else z     # NaN stays NaN, as in NumPy and torch
 
 
 @njit(**JIT)

@@ -137,37 +137,50 @@ _GELU_K = 0.044715
 
 
 def gelu(z):
-    """z/2 (1 + tanh(c (z + k z^3)))."""
-    return 0.5 * z * (1.0 + np.tanh(_GELU_C * (z + _GELU_K * z ** 3)))
+    """z/2 (1 + tanh(c (z + k z^3))); -0.0 where the tanh is -1 (so gelu(-inf) is -0.0, not NaN)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        u = 1.0 + np.tanh(_GELU_C * (z + _GELU_K * z ** 3))
+        return np.where(u != 0.0, 0.5 * z * u, -0.0)
 
 
 def gelu_grad(z):
-    """d gelu / dz = (1 + t)/2 + z/2 (1 - t^2) c (1 + 3 k z^2),  t = tanh(c (z + k z^3))."""
-    t = np.tanh(_GELU_C * (z + _GELU_K * z ** 3))
-    return 0.5 * (1.0 + t) + 0.5 * z * (1.0 - t * t) * _GELU_C * (1.0 + 3.0 * _GELU_K * z * z)
+    """d gelu / dz = (1 + t)/2 + z/2 (1 - t^2) c (1 + 3 k z^2),  t = tanh(c (z + k z^3));
+    (1 + t)/2 where the tanh has saturated (so 1 at +inf, 0 at -inf)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        t = np.tanh(_GELU_C * (z + _GELU_K * z ** 3))
+        s = 1.0 - t * t
+        r = 0.5 * (1.0 + t)
+        return np.where(s != 0.0, r + 0.5 * z * s * _GELU_C * (1.0 + 3.0 * _GELU_K * z * z), r)
 
 
 def _consts(z):
     ft = np.float32 if z == types.float32 else np.float64
-    return ft(_GELU_C), ft(_GELU_K), ft(3.0 * _GELU_K), ft(0.5), ft(1.0)
+    return ft(_GELU_C), ft(_GELU_K), ft(3.0 * _GELU_K), ft(0.5), ft(1.0), ft(0.0)
 
 
 @overload(gelu, inline="always")
 def _gelu_impl(z):
-    c, k, _, half, one = _consts(z)
+    c, k, _, half, one, zero = _consts(z)
 
     def impl(z):
-        return half * z * (one + tanh(c * (z + k * z * z * z)))
+        u = one + tanh(c * (z + k * z * z * z))
+        # u is 0 only far left (z < -5 in float32): -0.0 there, as z u gives for finite z, and
+        # not -inf * 0 = NaN at z = -inf
+        return half * z * u if u != zero else -zero
     return impl
 
 
 @overload(gelu_grad, inline="always")
 def _gelu_grad_impl(z):
-    c, k, k3, half, one = _consts(z)
+    c, k, k3, half, one, zero = _consts(z)
 
     def impl(z):
         t = tanh(c * (z + k * z * z * z))
-        return half * (one + t) + half * z * (one - t * t) * c * (one + k3 * z * z)
+        s = one - t * t
+        r = half * (one + t)
+        # where tanh has saturated (s = 0) the second term is 0, also when z^2 overflows or
+        # z is infinite (0 * inf would make it NaN)
+        return r + half * z * s * c * (one + k3 * z * z) if s != zero else r
     return impl
 
 
