@@ -281,17 +281,18 @@ def test_activation_backward_matches_naive(name, dtype, shape, rng):
 
 
 # f and f' at the ends of the range: the limits, and NaN in gives NaN out (as NumPy and torch);
-# relu' and leaky_relu' read A > 0, which is false for NaN (torch's threshold backward too)
+# relu' and leaky_relu' at NaN follow torch's backward: relu passes the gradient (its test is
+# A <= 0), leaky_relu scales it (A > 0 is false)
 # (z is -inf, -max, -1e4, -0, 0, 1e4, max, inf or NaN; a is the activation's alpha)
 _EXTREME_F = {
     "identity": lambda z, a: z, "relu": lambda z, a: np.where(z > 0, z, np.where(np.isnan(z), z, 0.0)),
     "leaky_relu": lambda z, a: np.where(z > 0, z, a * z), "elu": lambda z, a: np.where(z > 0, z, a * np.expm1(z)),
     "sigmoid": lambda z, a: 1 / (1 + np.exp(-z)), "tanh": lambda z, a: np.tanh(z),
     "softplus": lambda z, a: np.logaddexp(0, z),
-    "gelu": lambda z, a: np.where(z > 0, z, np.where(np.isnan(z), z, -0.0)),
+    "gelu": lambda z, a: np.where((z >= 0) | np.isnan(z), z, -0.0),
 }
 _EXTREME_DF = {
-    "identity": lambda z, a: np.ones_like(z), "relu": lambda z, a: np.where(z > 0, 1.0, 0.0),
+    "identity": lambda z, a: np.ones_like(z), "relu": lambda z, a: np.where(z <= 0, 0.0, 1.0),
     "leaky_relu": lambda z, a: np.where(z > 0, 1.0, a), "elu": lambda z, a: np.where(z > 0, 1.0, a * np.exp(z)),
     "sigmoid": lambda z, a: np.where(np.isnan(z), z, np.where(np.abs(z) > 1, 0.0, 0.25)),
     "tanh": lambda z, a: np.where(np.isnan(z), z, np.where(np.abs(z) > 1, 0.0, 1.0)),
@@ -305,7 +306,7 @@ _EXTREME_DF = {
 def test_activation_limits_at_inf_nan_and_the_largest_floats(name, dtype):
     big = np.finfo(dtype).max
     Z = np.array([[-np.inf, -big, -1e4, -0.0, 0.0, 1e4, big, np.inf, np.nan]], dtype)
-    b = np.zeros(Z.shape[1], dtype)
+    b = np.full(Z.shape[1], -0.0, dtype)   # z + (-0) is z, -0 included (+0 would turn -0 into +0)
     A, Zk = run_forward(name, Z, b)
     dZ, _ = run_backward(name, np.ones_like(Z), A, Zk)
     z = Z.astype(np.float64)
@@ -314,6 +315,8 @@ def test_activation_limits_at_inf_nan_and_the_largest_floats(name, dtype):
         f_ref, df_ref = _EXTREME_F[name](z, alpha).astype(dtype), _EXTREME_DF[name](z, alpha).astype(dtype)
     assert np.array_equal(A, f_ref, equal_nan=True), (A, f_ref)
     assert np.array_equal(dZ, df_ref, equal_nan=True), (dZ, df_ref)
+    num = ~np.isnan(f_ref)   # and the signs of the zeros (array_equal takes -0 == +0)
+    assert np.array_equal(np.signbit(A[num]), np.signbit(f_ref[num])), (A, f_ref)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

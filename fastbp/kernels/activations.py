@@ -74,13 +74,13 @@ def relu_forward(A, Z, b):
 
 @njit(**JIT)
 def relu_backward(dZ, db, dA, A):
-    # f'(z) = 1 if A > 0
+    # f'(z) = 0 if A <= 0 else 1 (the forward's test: at A = NaN the gradient passes, as torch's)
     n, k = in_place(dZ, dA)
     zero = like(0.0, dZ)
     _colsum_init(db)
     for i in range(n):
         for j in range(k):
-            g = dZ[i, j] if A[i, j] > 0 else zero
+            g = zero if A[i, j] <= 0 else dZ[i, j]
             dZ[i, j] = g
             db[j] += g
 

@@ -140,7 +140,7 @@ def gelu(z):
     """z/2 (1 + tanh(c (z + k z^3))); -0.0 where the tanh is -1 (so gelu(-inf) is -0.0, not NaN)."""
     with np.errstate(over="ignore", invalid="ignore"):
         u = 1.0 + np.tanh(_GELU_C * (z + _GELU_K * z ** 3))
-        return np.where(u != 0.0, 0.5 * z * u, -0.0)
+        return np.where(u != 0.0, 0.5 * z * u, -0.0)[()]
 
 
 def gelu_grad(z):
@@ -150,7 +150,7 @@ def gelu_grad(z):
         t = np.tanh(_GELU_C * (z + _GELU_K * z ** 3))
         s = 1.0 - t * t
         r = 0.5 * (1.0 + t)
-        return np.where(s != 0.0, r + 0.5 * z * s * _GELU_C * (1.0 + 3.0 * _GELU_K * z * z), r)
+        return np.where(s != 0.0, r + 0.5 * z * s * _GELU_C * (1.0 + 3.0 * _GELU_K * z * z), r)[()]
 
 
 def _consts(z):
