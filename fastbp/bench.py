@@ -476,8 +476,7 @@ def machine_probe(threads, quick=False):
     ones) and one after, so that a round run while the machine itself was slow can be told
     from a slow peer: on shared machines two virtual cores sometimes share one physical core,
     which halves a two-thread GEMM for seconds or minutes."""
-    from ._blas import set_blas_threads
-    set_blas_threads(threads)   # NumPy's OpenBLAS (the NumPy peer's and fastbp's)
+    limit_blas_threads(threads)
     n = PROBE_N_QUICK if quick else PROBE_N
     return gemm_rate(n, n, n, min_time=0.001 if quick else 0.01, pick=statistics.median)
 

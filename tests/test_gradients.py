@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import fastbp as fb
+import fastbp._buffers as buffers
 from fastbp.kernels.activations import ACTIVATIONS
 from fastbp.kernels.losses import PAIRS
 from fastbp.kernels.network import WT
@@ -179,7 +180,6 @@ def test_network_gradient_with_l2(output, loss, norm, rng):
 def test_network_gradient_dx_via_transpose(k, output, activation, norm, l2, rng, monkeypatch):
     # the backward pass's other way to dX = dZ W^T (W^T copied into the dW slot first, used by
     # small float32 layers: _blas.dx_via_transpose), forced on for every layer here
-    import fastbp._buffers as buffers
     monkeypatch.setattr(buffers, "dx_via_transpose", lambda *a: True)
     loss = "cross_entropy" if output == "softmax" else "mse"
     net = fb.Network([4, 6, 5, k], activation=activation, output=output, dtype=np.float64, seed=3, norm=norm)

@@ -7,6 +7,8 @@ import pytest
 from numba.core.runtime import _nrt_python, rtsys
 
 import fastbp as fb
+import fastbp._buffers as buffers
+from fastbp._blas import BLAS_INFO, _direct_kernels
 from fastbp.kernels import network as K
 
 from .conftest import make_data
@@ -81,7 +83,6 @@ def test_float32_matches_float64(rng):
 
 def test_dx_via_transpose_only_where_it_pays():
     # small float32 layers take dX = dZ (W^T copied) (OpenBLAS's direct small-matrix path), others dZ W^T
-    from fastbp._blas import BLAS_INFO, _direct_kernels
     ours = _direct_kernels(BLAS_INFO)
     wt = lambda net, m: list(net._workspace(m)[1][:, K.WT])  # noqa: E731
     assert wt(fb.Network([64, 64, 64, 10]), 32) == ([0, 1, 1] if ours else [0, 0, 0])
@@ -90,7 +91,6 @@ def test_dx_via_transpose_only_where_it_pays():
 
 
 def test_dx_via_transpose_needs_openblas_small_kernels_and_its_omatcopy():
-    from fastbp._blas import _direct_kernels
     info = {"provider": "numpy-openblas", "omatcopy": "numpy-openblas",
             "config": "OpenBLAS 0.3.31 USE64BITINT DYNAMIC_ARCH NO_AFFINITY SkylakeX MAX_THREADS=64"}
     assert _direct_kernels(info)
@@ -103,7 +103,6 @@ def test_dx_via_transpose_needs_openblas_small_kernels_and_its_omatcopy():
 
 @pytest.mark.parametrize("dropout", [0.0, 0.3])
 def test_dx_via_transpose_trains_as_the_transposed_product(dropout, rng, monkeypatch):
-    import fastbp._buffers as buffers
     X, y = make_data(rng, 90, 6, 4, "cross_entropy", np.float32)
     runs = []
     for via in (False, True):
