@@ -156,8 +156,8 @@ def loss_gradient(loss, Zb, T):
     """(dZ, db): gradient of loss_value w.r.t. the logits Zb, and its column sums."""
     Zb, T = f64(Zb), f64(T)
     n, k = Zb.shape
-    if loss == "cross_entropy":
-        dZ = (softmax(Zb) - T) / n
+    if loss == "cross_entropy":   # target rows need not sum to 1 (soft labels, as torch)
+        dZ = (softmax(Zb) * T.sum(axis=1, keepdims=True) - T) / n
     elif loss == "binary_cross_entropy":
         dZ = (sigmoid(Zb) - T) / (n * k)
     elif loss == "mse":
@@ -303,11 +303,11 @@ def row_losses(loss, Zb, T):
 
 
 def row_loss_gradients(loss, Zb, T):
-    """d l_i / d Zb_i for every row (target rows of cross-entropy summing to 1)."""
+    """d l_i / d Zb_i for every row."""
     Zb, T = f64(Zb), f64(T)
     k = Zb.shape[1]
     if loss == "cross_entropy":
-        return softmax(Zb) - T
+        return softmax(Zb) * T.sum(axis=1, keepdims=True) - T
     if loss == "binary_cross_entropy":
         return (sigmoid(Zb) - T) / k
     if loss == "mse":

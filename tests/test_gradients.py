@@ -65,6 +65,15 @@ def test_gradient_probability_targets_and_mixed_activations(activation, rng):
     assert rel_error(analytic, numeric_gradient(net, X, T)) <= 1e-6
 
 
+def test_gradient_soft_targets_whose_rows_do_not_sum_to_one(rng):
+    # multi-hot, all-zero and unnormalised rows: the gradient is P sum(T) - T, not P - T (torch agrees)
+    net = fb.Network([3, 5, 4], dtype=np.float64, seed=2)
+    X = rng.standard_normal((5, 3))
+    T = np.array([[1, 1, 0, 0], [0, 0, 0, 0], [0.5, 0.5, 0.5, 0], [0, 0, 0, 1], [0.2, 0, 0.1, 0]], float)
+    _, analytic = flat_grads(net, X, T)
+    assert rel_error(analytic, numeric_gradient(net, X, T)) <= 1e-6
+
+
 def test_gradient_single_layer_and_single_output(rng):
     net = fb.Network([5, 1], output="sigmoid", dtype=np.float64)
     X = rng.standard_normal((9, 5))

@@ -136,18 +136,27 @@ def softmax_xent_forward(P, Z, b, T, labels, use_labels, sw):
 
 @njit(**JIT)
 def softmax_xent_backward(dZ, db, P, T, labels, use_labels, sw):
-    # dZ_i = w_i (P_i - T_i) / sum(w)      (inverts loss = -1/sum(w) sum w T log softmax(Z))
+    # dZ_i = w_i (P_i sum_j T_ij - T_i) / sum(w)   (inverts loss = -1/sum(w) sum w T log softmax(Z));
+    # sum_j T_ij = 1 for labels and one-hot rows, but soft targets need not sum to 1 (as in torch)
     n, k = P.shape
     inv_w = _inv_total(sw, n)
     for j in range(k):
         db[j] = 0.0
     for i in range(n):
         s = _row_weight(sw, i) * inv_w
-        for j in range(k):
-            t = (1.0 if labels[i] == j else 0.0) if use_labels else T[i, j]
-            g = (P[i, j] - t) * s
-            dZ[i, j] = g
-            db[j] += g
+        if use_labels:
+            for j in range(k):
+                g = (P[i, j] - (1.0 if labels[i] == j else 0.0)) * s
+                dZ[i, j] = g
+                db[j] += g
+        else:
+            tsum = 0.0
+            for j in range(k):
+                tsum += T[i, j]
+            for j in range(k):
+                g = (P[i, j] * tsum - T[i, j]) * s
+                dZ[i, j] = g
+                db[j] += g
 
 
 # ---- sigmoid + binary cross-entropy from logits ------------------------------------
