@@ -96,11 +96,10 @@ def build_layout(sizes, act_codes, alphas, drops, param_offs, batch_size, dtype,
             if norms[l] != NO_NORM:
                 row[NORM] = norms[l]
                 row[XH_OFF] = slot(k)
-                m = max(k, batch_size)
-                row[MU_OFF] = pos
-                pos = _align(pos + m, item)
+                row[MU_OFF] = pos   # layer norm: a mean per row; batch norm: mean and variance per feature
+                pos = _align(pos + max(2 * k, batch_size), item)
                 row[RS_OFF] = pos
-                pos = _align(pos + m, item)
+                pos = _align(pos + max(k, batch_size), item)
                 row[RM_OFF], row[RV_OFF] = state_offs[l]
                 fpar[l, MOMENTUM], fpar[l, EPS] = norm_fpar
             row[A_OFF] = slot(k)

@@ -404,6 +404,8 @@ class Network:
         if self._l2 > 0:
             loss += K.l2_penalty(self.params, layout, self._l2, sw, n)
         K.backward_all(self._kernels(training=True), self.grads, self.params, ws, layout, fpar, meta, X, T, labels, use_labels, sw, n, self._l2)
+        if self.norm_state.size and np.isfinite(loss) and K.all_finite(self.grads):
+            K.update_running(self._kernels(training=True), self.norm_state, ws, layout, fpar, n)
         return float(loss)
 
     def loss_and_gradients(self, X, y, sample_weight=None):
@@ -411,7 +413,8 @@ class Network:
         (copies), without updating.
 
         Dropout, if set, is applied as in training; batch norm uses the batch's statistics
-        (and, as in PyTorch's training mode, updates its running statistics).
+        (and, as in PyTorch's training mode, updates its running statistics, unless the loss or
+        a gradient is not finite).
         """
         X, T, labels, use_labels, sw = self._check_xyw(X, y, sample_weight)
         loss = self._loss_grad(X, T, labels, use_labels, sw)

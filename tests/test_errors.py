@@ -530,6 +530,31 @@ def test_train_step_divergence_on_regression_keeps_last_finite_step(dtype):
     assert np.array_equal(net.params, params) and opt.step_count == steps
 
 
+@pytest.mark.parametrize("mode", ["fit", "train_step"])
+def test_divergence_with_batch_norm_keeps_the_running_statistics(mode, tmp_path):
+    # the failing step's forward computes non-finite batch statistics: they must not reach the
+    # running statistics (which are saved with the model, and load checks that they are finite)
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((64, 4)).astype(np.float32)
+    y = X @ rng.standard_normal((4, 1)).astype(np.float32)
+    net = fb.Network([4, 16, 16, 1], activation="relu", output="identity", norm="batch", seed=0)
+    opt = fb.SGD(lr=1e3)
+    with pytest.raises(fb.DivergenceError):
+        for _ in range(50):
+            params, nstate = net.params.copy(), net.norm_state.copy()
+            if mode == "fit":
+                net.fit(X, y, epochs=1, batch_size=64, optimizer=opt, shuffle=False, verbose=0)
+            else:
+                net.train_step(X, y, opt)
+    assert opt.step_count > 1
+    assert np.array_equal(net.params, params) and np.array_equal(net.norm_state, nstate)
+    assert np.all(np.isfinite(net.norm_state)) and not np.array_equal(nstate, fb.Network(
+        [4, 16, 16, 1], activation="relu", output="identity", norm="batch", seed=0).norm_state)
+    net.save(tmp_path / "m.npz")
+    back = fb.Network.load(tmp_path / "m.npz")
+    assert np.array_equal(back.norm_state, net.norm_state)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_fit_divergence_keeps_exactly_the_last_finite_weights(dtype):
     net, X, y = _diverging_regression(dtype)

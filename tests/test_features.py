@@ -1045,6 +1045,20 @@ def test_predict_uses_the_running_statistics():
     assert net.evaluate(X, y)["loss"] != pytest.approx(net.loss_and_gradients(X, y)[0], rel=1e-6)
 
 
+def test_batch_norm_running_statistics_follow_loss_and_gradients_and_train_step():
+    # torch's training-mode forward: run = 0.9 run + 0.1 (batch mean, unbiased batch variance)
+    X, y = blobs(n=24)
+    nets = [fb.Network([5, 8, 3], activation="tanh", dtype=np.float64, seed=0, norm="batch") for _ in range(2)]
+    W, b, gamma = nets[0].get_weights()[0][:3]
+    Zb = X @ W + b
+    nets[0].loss_and_gradients(X, y)
+    nets[1].train_step(X, y, fb.SGD(lr=0.0))
+    for net in nets:
+        rm, rv = net._state_views()[0]
+        np.testing.assert_allclose(rm, 0.1 * Zb.mean(axis=0), rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(rv, 0.9 + 0.1 * Zb.var(axis=0, ddof=1), rtol=1e-12)
+
+
 def test_layer_norm_is_the_same_in_training_and_inference():
     X, y = blobs(n=40)
     net = fb.Network([5, 8, 3], activation="tanh", dtype=np.float64, seed=0, norm="layer")

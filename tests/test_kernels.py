@@ -23,7 +23,8 @@ from fastbp.kernels.dense import dense_backward, dense_forward
 from fastbp.kernels.dropout import dropout_backward, dropout_forward
 from fastbp.kernels.losses import (IDENTITY_HUBER, IDENTITY_MSE, SIGMOID_BCE, SOFTMAX_CE, correct_count,
                                    loss_backward, loss_forward, output_forward)
-from fastbp.kernels.norm import batchnorm_backward, batchnorm_forward, layernorm_backward, layernorm_forward
+from fastbp.kernels.norm import (batchnorm_backward, batchnorm_forward, batchnorm_update_running, layernorm_backward,
+                                 layernorm_forward)
 from fastbp.kernels.optim import all_finite, optimizer_update
 
 from . import naive
@@ -885,13 +886,17 @@ def norm_data(rng, shape, dtype):
 
 
 def run_bn_forward(Z, b, gamma, run_mean, run_var, training):
-    """(Y, XH, mu, rstd, run_mean, run_var) from the kernel; inputs are not modified."""
+    """(Y, XH, mu, rstd, run_mean, run_var) from the kernels (the forward, then in training the
+    running-statistics update that the network runs once a step is accepted); inputs are not modified."""
     n, k = Z.shape
     Y, rm, rv = Z.copy(), run_mean.copy(), run_var.copy()
     XH = np.full(Z.shape, np.nan, Z.dtype)
-    mu, rstd = np.full(k, np.nan, Z.dtype), np.full(k, np.nan, Z.dtype)
-    batchnorm_forward(Y, XH, mu, rstd, b, gamma, rm, rv, MOMENTUM, EPS, training)
-    return Y, XH, mu, rstd, rm, rv
+    mu, rstd = np.full(2 * k, np.nan, Z.dtype), np.full(k, np.nan, Z.dtype)
+    batchnorm_forward(Y, XH, mu, rstd, b, gamma, rm, rv, EPS, training)
+    assert np.array_equal(rm, run_mean) and np.array_equal(rv, run_var), "the forward wrote the running statistics"
+    if training:
+        batchnorm_update_running(mu, rm, rv, MOMENTUM, n)
+    return Y, XH, mu[:k], rstd, rm, rv
 
 
 def run_ln_forward(Z, b, gamma):

@@ -143,9 +143,9 @@ class Norm(_KernelPair):
         rng = np.random.default_rng(5)
         n, k = ACT_SHAPE
         Z = _normal(rng, ACT_SHAPE, dtype, 2.0)
-        stats = k if norm == "batchnorm" else n
-        v = dict(Z=Z, XH=np.empty_like(Z), mu=np.empty(stats, dtype), rstd=np.empty(stats, dtype),
-                 b=np.zeros(k, dtype), gamma=np.ones(k, dtype), run_mean=np.zeros(k, dtype),
-                 run_var=np.ones(k, dtype), momentum=0.1, eps=1e-5, training=True,
+        stats = k if norm == "batchnorm" else n   # batch norm's mu holds the batch mean and variance
+        v = dict(Z=Z, XH=np.empty_like(Z), mu=np.empty(2 * stats if norm == "batchnorm" else stats, dtype),
+                 rstd=np.empty(stats, dtype), b=np.zeros(k, dtype), gamma=np.ones(k, dtype),
+                 run_mean=np.zeros(k, dtype), run_var=np.ones(k, dtype), eps=1e-5, training=True,
                  dY=_normal(rng, ACT_SHAPE, dtype), db=np.empty(k, dtype), dgamma=np.empty(k, dtype))
         self._bind_pair("norm", norm, v)

@@ -32,7 +32,7 @@ from .._config import INLINE, JIT
 from .activations import activation_backward_in, activation_forward_in
 from .dropout import dropout_backward_in, dropout_forward_in
 from .losses import _inv_total, correct_count, loss_backward_in, loss_forward_in, output_forward
-from .norm import NO_NORM, norm_backward_in, norm_forward_in
+from .norm import NO_NORM, norm_backward_in, norm_forward_in, norm_update_running_in
 from .optim import all_finite, diff_sq_sum, optimizer_update_in, sq_sum
 
 (N_IN, N_OUT, W_OFF, B_OFF, ACT, Z_OFF, A_OFF, D_OFF, M_OFF, NORM, G_OFF, BE_OFF, XH_OFF, MU_OFF, RS_OFF,
@@ -76,11 +76,10 @@ def hidden_forward(kset, params, nstate, ws, layout, fpar, X, n, training, rng):
         gemm(False, False, 1.0, inp, W, 0.0, Z)               # Z = X W
         norm = layout[l, NORM]
         if norm != NO_NORM:
-            m = max(n, k)
-            norm_forward_in(kset, norm, Z, view2(ws, layout[l, XH_OFF], n, k), vec(ws, layout[l, MU_OFF], m),
-                         vec(ws, layout[l, RS_OFF], m), b, vec(params, layout[l, G_OFF], k),
+            norm_forward_in(kset, norm, Z, view2(ws, layout[l, XH_OFF], n, k), vec(ws, layout[l, MU_OFF], max(n, 2 * k)),
+                         vec(ws, layout[l, RS_OFF], max(n, k)), b, vec(params, layout[l, G_OFF], k),
                          vec(nstate, layout[l, RM_OFF], k), vec(nstate, layout[l, RV_OFF], k),
-                         fpar[l, MOMENTUM], fpar[l, EPS], training)  # Z = gamma xhat(Z + b)
+                         fpar[l, EPS], training)  # Z = gamma xhat(Z + b)
             b = vec(params, layout[l, BE_OFF], k)
         activation_forward_in(kset, layout[l, ACT], A, Z, b, fpar[l, ALPHA])  # A = f(Z + b)  (b: beta with a norm)
         p = fpar[l, DROP]
@@ -119,6 +118,18 @@ def loss_forward_all(kset, params, nstate, ws, layout, fpar, meta, X, T, labels,
     P = view2(ws, layout[L, A_OFF], n, k)
     gemm(False, False, 1.0, inp, W, 0.0, Z)
     return loss_forward_in(kset, meta[LOSS], P, Z, b, T, labels, use_labels, sw)
+
+
+@njit(**INLINE)
+def update_running(kset, nstate, ws, layout, fpar, n):
+    # after a training forward of n rows: batch norm layers fold the batch statistics it left in
+    # their MU slots into the running statistics (called once the step is accepted)
+    for l in range(layout.shape[0] - 1):
+        if layout[l, NORM] != NO_NORM:
+            k = layout[l, N_OUT]
+            norm_update_running_in(kset, layout[l, NORM], vec(ws, layout[l, MU_OFF], 2 * k),
+                                   vec(nstate, layout[l, RM_OFF], k), vec(nstate, layout[l, RV_OFF], k),
+                                   fpar[l, MOMENTUM], n)
 
 
 @njit(**JIT)
@@ -223,6 +234,7 @@ def train_batch(kset, params, grads, nstate, ws, layout, fpar, meta, rng, X, T, 
             pprev[i] = params[i]
     step[0] += 1
     optimizer_update_in(kset, opt_kind, params, grads, s1, s2, s3, hp, step[0], gscale)
+    update_running(kset, nstate, ws, layout, fpar, n)   # the step is accepted: so are its batch statistics
     if track:
         for l in range(layout.shape[0]):
             a, e = layout[l, W_OFF], layout[l, P_END]

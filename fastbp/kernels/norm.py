@@ -6,9 +6,12 @@ normalized layer is GEMM -> norm -> activation(+beta) -> dropout with no extra
 pass. ``xhat`` is kept in XH for the backward pass, mu and rstd in two vectors.
 
 - batch norm (as torch.nn.BatchNorm1d): mu, var per feature over the batch
-  (biased var); the running statistics are updated as
-  run = (1 - momentum) run + momentum stat, with the unbiased variance; at
-  inference xhat uses the running statistics.
+  (biased var); at inference xhat uses the running statistics. The training
+  forward leaves the batch's mean and variance in ``mu`` (2k long); a separate
+  kernel, batchnorm_update_running, folds them into the running statistics as
+  run = (1 - momentum) run + momentum stat (unbiased variance). The network
+  runs it only once the step is accepted (finite loss and gradients), so a
+  rejected step leaves the running statistics as they were.
 - layer norm (as torch.nn.LayerNorm over the features): mu, var per row, the
   same in training and inference; no running statistics.
 
@@ -30,8 +33,9 @@ NORMS = {None: NO_NORM, "none": NO_NORM, "batch": BATCH_NORM, "layer": LAYER_NOR
 
 # ---- batch norm -----------------------------------------------------------------------------
 @njit(**JIT)
-def batchnorm_forward(Z, XH, mu, rstd, b, gamma, run_mean, run_var, momentum, eps, training):
-    # Z, XH (n, k); mu, rstd, b, gamma, run_mean, run_var (k,)
+def batchnorm_forward(Z, XH, mu, rstd, b, gamma, run_mean, run_var, eps, training):
+    # Z, XH (n, k); mu (2k,): training writes the batch mean to mu[:k] and its (biased) variance
+    # to mu[k:2k]; rstd, b, gamma, run_mean, run_var (k,). The running statistics are only read.
     n, k = Z.shape
     if training:
         for j in range(k):
@@ -48,9 +52,7 @@ def batchnorm_forward(Z, XH, mu, rstd, b, gamma, run_mean, run_var, momentum, ep
                 rstd[j] += d * d
         for j in range(k):
             var = rstd[j] / n
-            if n > 1:  # torch: running var is unbiased; a 1-row batch leaves the running stats alone
-                run_mean[j] = (1.0 - momentum) * run_mean[j] + momentum * mu[j]
-                run_var[j] = (1.0 - momentum) * run_var[j] + momentum * var * n / (n - 1)
+            mu[k + j] = var
             rstd[j] = 1.0 / np.sqrt(var + eps)
     else:
         for j in range(k):
@@ -61,6 +63,19 @@ def batchnorm_forward(Z, XH, mu, rstd, b, gamma, run_mean, run_var, momentum, ep
             xh = (Z[i, j] + b[j] - mu[j]) * rstd[j]
             XH[i, j] = xh
             Z[i, j] = gamma[j] * xh
+
+
+@njit(**JIT)
+def batchnorm_update_running(mu, run_mean, run_var, momentum, n):
+    # mu (2k,): a training forward's batch mean and biased variance over n rows; run_mean, run_var (k,)
+    # run = (1 - momentum) run + momentum stat, with the unbiased variance (torch); a 1-row batch
+    # leaves them alone
+    k = run_mean.shape[0]
+    if n <= 1:
+        return
+    for j in range(k):
+        run_mean[j] = (1.0 - momentum) * run_mean[j] + momentum * mu[j]
+        run_var[j] = (1.0 - momentum) * run_var[j] + momentum * mu[k + j] * n / (n - 1)
 
 
 @njit(**JIT)
@@ -140,9 +155,14 @@ def layernorm_backward(dY, db, dgamma, XH, gamma, rstd):
 
 
 # ---- dispatch: the norms of a KernelSet (kset.py), or both ------------------------------------
-def norm_forward_in(kset, code, Z, XH, mu, rstd, b, gamma, run_mean, run_var, momentum, eps, training):
+def norm_forward_in(kset, code, Z, XH, mu, rstd, b, gamma, run_mean, run_var, eps, training):
     """Norm ``code``'s forward pass, compiling only the norms in ``kset``."""
     raise TypeError("norm_forward_in runs inside compiled code; call norm_forward")
+
+
+def norm_update_running_in(kset, code, mu, run_mean, run_var, momentum, n):
+    """After an accepted training step: batch norm folds the batch statistics into the running ones."""
+    raise TypeError("norm_update_running_in runs inside compiled code")
 
 
 def norm_backward_in(kset, code, dY, db, dgamma, XH, gamma, rstd):
@@ -155,14 +175,24 @@ def _norms_in(kset):
 
 
 @overload(norm_forward_in, jit_options=OVERLOAD_JIT)
-def _norm_forward_in(kset, code, Z, XH, mu, rstd, b, gamma, run_mean, run_var, momentum, eps, training):
+def _norm_forward_in(kset, code, Z, XH, mu, rstd, b, gamma, run_mean, run_var, eps, training):
     batch, layer = _norms_in(kset)
 
-    def impl(kset, code, Z, XH, mu, rstd, b, gamma, run_mean, run_var, momentum, eps, training):
+    def impl(kset, code, Z, XH, mu, rstd, b, gamma, run_mean, run_var, eps, training):
         if batch and code == BATCH_NORM:
-            batchnorm_forward(Z, XH, mu, rstd, b, gamma, run_mean, run_var, momentum, eps, training)
+            batchnorm_forward(Z, XH, mu, rstd, b, gamma, run_mean, run_var, eps, training)
         elif layer and code == LAYER_NORM:
             layernorm_forward(Z, XH, mu, rstd, b, gamma, eps)
+    return impl
+
+
+@overload(norm_update_running_in, jit_options=OVERLOAD_JIT)
+def _norm_update_running_in(kset, code, mu, run_mean, run_var, momentum, n):
+    batch, _ = _norms_in(kset)
+
+    def impl(kset, code, mu, run_mean, run_var, momentum, n):
+        if batch and code == BATCH_NORM:
+            batchnorm_update_running(mu, run_mean, run_var, momentum, n)
     return impl
 
 
@@ -179,8 +209,8 @@ def _norm_backward_in(kset, code, dY, db, dgamma, XH, gamma, rstd):
 
 
 @njit(**JIT)
-def norm_forward(code, Z, XH, mu, rstd, b, gamma, run_mean, run_var, momentum, eps, training):
-    norm_forward_in(ALL, code, Z, XH, mu, rstd, b, gamma, run_mean, run_var, momentum, eps, training)
+def norm_forward(code, Z, XH, mu, rstd, b, gamma, run_mean, run_var, eps, training):
+    norm_forward_in(ALL, code, Z, XH, mu, rstd, b, gamma, run_mean, run_var, eps, training)
 
 
 @njit(**JIT)
