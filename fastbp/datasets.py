@@ -300,7 +300,7 @@ def load_csv(path, target=-1, header="auto", delimiter=",", dtype=np.float32, cl
 
     try:
         with _open_text(path) as f:
-            reader = csv.reader(f, delimiter=delimiter)
+            reader = csv.reader(f, delimiter=delimiter, strict=True)   # a stray quote is an error, not lines lost
             rows = ((reader.line_num, row) for row in reader if row)   # skips blank lines
             X, tgt, lines, names, idx = _read_csv_rows(path, rows, target, header, dt)
     except UnicodeDecodeError as e:

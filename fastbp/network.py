@@ -3,6 +3,7 @@
 It contains no math: every number is computed by a kernel in ``fastbp.kernels``.
 """
 
+import contextlib
 import json
 import math
 import numbers
@@ -32,6 +33,7 @@ from .schedules import Schedule, check_rates, check_schedule
 FORMAT = "fastbp.Network"
 FORMAT_VERSION = 1
 PREDICT_BATCH = 1024
+MAX_WORKSPACES = 4    # cached workspaces (one per batch size), least recently used dropped first
 CHUNK_SECONDS = 0.1   # fit hands control back to Python about this often (progress, Ctrl-C)
 _STATUS_TEXT = {K.BAD_LOSS: "the training loss", K.BAD_GRAD: "a gradient"}
 
@@ -246,6 +248,7 @@ class Network:
         self.grads = _buffers.aligned_zeros(n_params, self.dtype)
         self.norm_state = _buffers.aligned_zeros(n_state, self.dtype)
         self._workspaces = {}
+        self._ws_lock = threading.RLock()   # held while compiled code works in the cached workspaces
         self._no_T = np.zeros((0, self.n_outputs), self.dtype)
         self._no_labels = np.zeros(0, np.int64)
         self._no_weights = np.zeros(0, self.dtype)
@@ -320,16 +323,42 @@ class Network:
                 stats[0][...] = 0.0
                 stats[1][...] = 1.0
 
+    def _new_workspace(self, batch_size):
+        layout, fpar, (g0, g1), size = _buffers.build_layout(
+            self.layer_sizes, self._act_codes, self._alphas, self.dropout, self._param_offs,
+            batch_size, self.dtype, self._norm_codes, (self.norm_momentum, self.norm_eps), self._state_offs)
+        meta = np.array([self._loss_code, g0, g1], np.int64)
+        return _buffers.aligned_zeros(size, self.dtype), layout, fpar, meta
+
     def _workspace(self, batch_size):
-        ws = self._workspaces.get(batch_size)
+        """The cached workspace for batches of up to ``batch_size`` rows (hold ``_ws_lock``
+        while using it). At most MAX_WORKSPACES are kept, so a stream of batch sizes
+        (partial_fit on chunks of every length) does not pile them up."""
+        ws = self._workspaces.pop(batch_size, None)
         if ws is None:
-            layout, fpar, (g0, g1), size = _buffers.build_layout(
-                self.layer_sizes, self._act_codes, self._alphas, self.dropout, self._param_offs,
-                batch_size, self.dtype, self._norm_codes, (self.norm_momentum, self.norm_eps), self._state_offs)
-            meta = np.array([self._loss_code, g0, g1], np.int64)
-            ws = (_buffers.aligned_zeros(size, self.dtype), layout, fpar, meta)
-            self._workspaces[batch_size] = ws
+            ws = self._new_workspace(batch_size)
+            while len(self._workspaces) >= MAX_WORKSPACES:
+                del self._workspaces[next(iter(self._workspaces))]
+        self._workspaces[batch_size] = ws   # the most recently used last
         return ws
+
+    @contextlib.contextmanager
+    def _borrow(self, batch_size):
+        """A workspace for one call: the cached one, or a private one while another thread
+        computes in the cached ones (compiled code runs without the GIL, so two threads
+        predicting with one network would otherwise write the same buffers)."""
+        if self._ws_lock.acquire(blocking=False):
+            try:
+                yield self._workspace(batch_size)
+            finally:
+                self._ws_lock.release()
+        else:
+            yield self._new_workspace(batch_size)
+
+    def _drop_workspace(self, batch_size):
+        """Forget the cached workspace for ``batch_size`` (a one-off size, e.g. a full-batch objective)."""
+        with self._ws_lock:
+            self._workspaces.pop(batch_size, None)
 
     def __repr__(self):
         acts = self.activations[0] if len(set(self.activations)) == 1 else self.activations
@@ -357,7 +386,10 @@ class Network:
             sw = check_sample_weight(sample_weight, X.shape[0], self.dtype, name=names[2], x_name=names[0])
         if class_weight is not None:
             cw = class_weights_per_row(class_weight, self._loss_code, T, labels, use_labels, self.n_outputs)
-            sw = (cw if sw.shape[0] == 0 else cw * sw).astype(self.dtype)
+            with np.errstate(over="ignore"):
+                sw = (cw if sw.shape[0] == 0 else cw * sw).astype(self.dtype)
+            if not np.all(np.isfinite(sw)):
+                raise InputError(f"class_weight (with sample_weight) gives weights that overflow {self.dtype.name}")
             if not sw.any():
                 raise InputError("class_weight (with sample_weight) gives every row the weight 0")
         return X, T, labels, use_labels, sw
@@ -371,15 +403,20 @@ class Network:
 
     def _kernel_optimizer(self, optimizer):
         opt = get_optimizer(optimizer if optimizer is not None else (self.optimizer or "adam"))
+        opt._check_hparams(self.dtype)
         s1, s2, s3 = opt._bind(self)
         self.optimizer = opt
         return opt, s1, s2, s3
 
     def _raise_diverged(self, status, loss, where):
+        if np.all(np.isfinite(self.params)):
+            kept = "the step was not applied, so the network keeps the weights of the last finite step"
+        else:   # finite loss and gradients, finite hyper-parameters, and yet an update overflowed
+            kept = (f"the step was not applied, but an earlier update overflowed {self.dtype.name}: the weights "
+                    f"are no longer finite")
         raise DivergenceError(
-            f"{_STATUS_TEXT[status]} became non-finite ({where}, batch loss {loss}); the step was not "
-            f"applied, so the network keeps the weights of the last finite step. Lower the learning rate "
-            f"or check the data scale.")
+            f"{_STATUS_TEXT[status]} became non-finite ({where}, batch loss {loss}); {kept}. Lower the "
+            f"learning rate or check the data scale.")
 
     # ---- training ------------------------------------------------------------------------------
     def train_step(self, X, y, optimizer=None, sample_weight=None):
@@ -387,25 +424,26 @@ class Network:
         X, T, labels, use_labels, sw = self._check_xyw(X, y, sample_weight)
         opt, s1, s2, s3 = self._kernel_optimizer(optimizer)
         n = X.shape[0]
-        ws, layout, fpar, meta = self._workspace(n)
         self._ctl[:] = (0.0, 0.0, self._l2)
-        loss, status = K.train_batch(self._kernels(opt.kind, True), self.params, self.grads, self.norm_state, ws, layout, fpar, meta, self._rng,
-                                     X, T, labels, use_labels, sw, n, opt.kind, s1, s2, s3, opt._hparams(),
-                                     opt._step, self._ctl, self._tstats, self._no_pprev)
+        with self._borrow(n) as (ws, layout, fpar, meta):
+            loss, status = K.train_batch(self._kernels(opt.kind, True), self.params, self.grads, self.norm_state, ws, layout, fpar,
+                                         meta, self._rng, X, T, labels, use_labels, sw, n, opt.kind, s1, s2, s3,
+                                         opt._hparams(), opt._step, self._ctl, self._tstats, self._no_pprev)
         if status != K.OK:
             self._raise_diverged(status, loss, "train_step")
         return float(loss)
 
     def _loss_grad(self, X, T, labels, use_labels, sw):
         n = X.shape[0]
-        ws, layout, fpar, meta = self._workspace(n)
-        loss = K.loss_forward_all(self._kernels(training=True), self.params, self.norm_state, ws, layout, fpar, meta, X, T, labels, use_labels,
-                                  sw, n, True, self._rng)
-        if self._l2 > 0:
-            loss += K.l2_penalty(self.params, layout, self._l2, sw, n)
-        K.backward_all(self._kernels(training=True), self.grads, self.params, ws, layout, fpar, meta, X, T, labels, use_labels, sw, n, self._l2)
-        if self.norm_state.size and np.isfinite(loss) and K.all_finite(self.grads):
-            K.update_running(self._kernels(training=True), self.norm_state, ws, layout, fpar, n)
+        kset = self._kernels(training=True)
+        with self._borrow(n) as (ws, layout, fpar, meta):
+            loss = K.loss_forward_all(kset, self.params, self.norm_state, ws, layout, fpar, meta, X, T, labels,
+                                      use_labels, sw, n, True, self._rng)
+            if self._l2 > 0:
+                loss += K.l2_penalty(self.params, layout, self._l2, sw, n)
+            K.backward_all(kset, self.grads, self.params, ws, layout, fpar, meta, X, T, labels, use_labels, sw, n, self._l2)
+            if self.norm_state.size and np.isfinite(loss) and K.all_finite(self.grads):
+                K.update_running(kset, self.norm_state, ws, layout, fpar, n)
         return float(loss)
 
     def loss_and_gradients(self, X, y, sample_weight=None):
@@ -492,17 +530,17 @@ class Network:
                 raise InputError(f"validation_split must be a fraction in (0, 1), got {validation_split!r}")
             (X, T, labels, sw), val = self._split(X, T, labels, use_labels, sw, float(validation_split))
         opt = get_optimizer(optimizer if optimizer is not None else (self.optimizer or "adam"))
+        if schedule is None:
+            schedule = opt.schedule
         if schedule is not None:
-            opt.schedule = schedule
-        if opt.schedule is not None:
-            check_rates(opt.schedule, opt.lr, initial_epoch, epochs)
+            check_rates(schedule, opt.lr, initial_epoch, epochs)
         keys = ["loss"] + (["accuracy"] if self.is_classifier else []) + ["lr"]
         if val is not None:
             keys += ["val_loss"] + (["val_accuracy"] if self.is_classifier else [])
         if track_gradients:
             for l in range(len(self.layer_sizes) - 1):
                 keys += [f"grad_norm_{l}", f"update_ratio_{l}"]
-        for obj in callbacks + ([opt.schedule] if opt.schedule is not None else []):
+        for obj in callbacks + ([schedule] if schedule is not None else []):
             for m in obj.monitors():
                 if m not in keys:
                     raise InputError(f"{type(obj).__name__} monitors {m!r}, which this fit does not record; "
@@ -511,9 +549,9 @@ class Network:
             verbose = 1 if _isatty(sys.stderr) else 0
 
         opt, s1, s2, s3 = self._kernel_optimizer(opt)
+        opt.schedule = schedule   # attached (and saved with the optimizer) once every check has passed
         N, d = X.shape
         batch_size = min(batch_size, N)
-        ws, layout, fpar, meta = self._workspace(batch_size)
         # per-fit buffers, reused by every epoch
         order = np.arange(N, dtype=np.int64)
         perm = order.copy()
@@ -541,11 +579,11 @@ class Network:
         interrupted = _InterruptFlag()
         samples_seen = initial_epoch * N
         chunk = 1
-        with interrupted, _closing_on_error(callbacks):
+        with interrupted, _closing_on_error(callbacks), self._borrow(batch_size) as (ws, layout, fpar, meta):
             for cb in callbacks:
                 cb.on_train_begin({})
             for epoch in range(initial_epoch, epochs):
-                lr = opt._set_epoch(epoch, samples_seen)
+                lr = opt._set_epoch(epoch, samples_seen, self.dtype)
                 hp = opt._hparams()
                 for cb in callbacks:
                     cb.on_epoch_begin(epoch, {})
@@ -658,9 +696,9 @@ class Network:
 
     def _predict_checked(self, X):
         out = np.empty((X.shape[0], self.n_outputs), self.dtype)
-        ws, layout, fpar, meta = self._workspace(PREDICT_BATCH)
-        K.loss_all(self._kernels(), self.params, self.norm_state, ws, layout, fpar, meta, self._rng, X, self._no_T,
-                   self._no_labels, True, self._no_weights, PREDICT_BATCH, out, False)
+        with self._borrow(PREDICT_BATCH) as (ws, layout, fpar, meta):
+            K.loss_all(self._kernels(), self.params, self.norm_state, ws, layout, fpar, meta, self._rng, X, self._no_T,
+                       self._no_labels, True, self._no_weights, PREDICT_BATCH, out, False)
         return out
 
     def predict(self, X):
@@ -681,9 +719,9 @@ class Network:
 
     def _evaluate_checked(self, X, T, labels, use_labels, sw):
         out = np.empty((X.shape[0], self.n_outputs), self.dtype)
-        ws, layout, fpar, meta = self._workspace(PREDICT_BATCH)
-        loss = K.loss_all(self._kernels(), self.params, self.norm_state, ws, layout, fpar, meta, self._rng, X, T, labels,
-                          use_labels, sw, PREDICT_BATCH, out, True)
+        with self._borrow(PREDICT_BATCH) as (ws, layout, fpar, meta):
+            loss = K.loss_all(self._kernels(), self.params, self.norm_state, ws, layout, fpar, meta, self._rng, X, T,
+                              labels, use_labels, sw, PREDICT_BATCH, out, True)
         res = {"loss": float(loss)}
         if self._loss_code == SOFTMAX_CE:
             truth = labels if use_labels else T.argmax(axis=1)
@@ -731,6 +769,8 @@ class Network:
             for a, name in zip(w, names):
                 if a.dtype.kind not in "biuf" or not np.all(np.isfinite(a)):
                     raise InputError(f"layer {l}: {name} must be numeric and finite")
+                if a.size and np.abs(a).max() > np.finfo(self.dtype).max:
+                    raise InputError(f"layer {l}: {name} has values that overflow the network's {self.dtype.name}")
             if len(w) == 6 and np.any(w[5] < 0):
                 raise InputError(f"layer {l}: running_var must be >= 0")
         for w, t in zip(weights, targets):
@@ -763,7 +803,9 @@ class Network:
         if opt is not None:
             arrays["optimizer_config"] = np.array(json.dumps(opt.get_config()))
             arrays["optimizer_step"] = opt._step.copy()
-            for i, a in enumerate(opt.state_arrays() or ()):
+            # an optimizer that has not stepped yet has no state: save the zeros it would start from
+            states = opt.state_arrays() or [np.zeros(n, self.dtype) for n in opt._state_sizes(self.params.shape[0])]
+            for i, a in enumerate(states):
                 arrays[f"optimizer_state_{i}"] = a
         folder = os.path.dirname(os.path.abspath(path))
         fd, tmp = tempfile.mkstemp(prefix=".fastbp-", suffix=".npz.tmp", dir=folder)
@@ -842,6 +884,9 @@ class Network:
                     if a.shape != (size,) or a.dtype != net.dtype:
                         raise ModelFileError(f"{path!r}: optimizer state {i} has shape {a.shape} {a.dtype}, "
                                              f"expected ({size},) {net.dtype}")
+                    if not np.all(np.isfinite(a)) or (i in opt._nonneg_states and a.size and a.min() < 0):
+                        raise ModelFileError(f"{path!r}: optimizer state {i} is not finite"
+                                             + (" and >= 0" if i in opt._nonneg_states else ""))
                 step = data["optimizer_step"]
                 if step.shape != (1,) or step.dtype.kind not in "iu" or step[0] < 0:
                     raise ModelFileError(f"{path!r}: optimizer step count must be one non-negative integer")

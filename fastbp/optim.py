@@ -19,6 +19,7 @@ from .schedules import SCHEDULES, check_schedule, schedule_from_config
 class Optimizer:
     kind = -1
     _n_hp = 0
+    _nonneg_states = ()   # state arrays that hold squares (must be >= 0)
     _fields = ()
 
     def __init__(self, schedule=None):
@@ -47,10 +48,28 @@ class Optimizer:
         """The rate of the current epoch (``lr`` unless a schedule set another)."""
         return self.lr if self._lr_now is None else self._lr_now
 
-    def _set_epoch(self, epoch, samples_seen):
-        """Apply the schedule for ``epoch``: only a number in the hyper-parameter array changes."""
-        self._lr_now = None if self.schedule is None else float(self.schedule(epoch, self.lr, samples_seen))
-        return self.current_lr
+    def _set_epoch(self, epoch, samples_seen, dtype=np.float64):
+        """Apply the schedule for ``epoch``: only a number in the hyper-parameter array changes.
+        A rate that is negative, not finite or beyond ``dtype`` (the network's) is an error,
+        raised before the epoch trains (fit checks every epoch's rate up front too, but a
+        schedule may depend on the samples seen or on what it has been told since)."""
+        if self.schedule is None:
+            self._lr_now = None
+            return self.lr
+        lr = float(self.schedule(epoch, self.lr, samples_seen))
+        if not (0.0 <= lr <= np.finfo(dtype).max):
+            raise InputError(f"{self.schedule!r} gives the learning rate {lr} at epoch {epoch}; rates must be "
+                             f">= 0 and finite in {np.dtype(dtype).name}")
+        self._lr_now = lr
+        return lr
+
+    def _check_hparams(self, dtype):
+        """Every hyper-parameter must be finite in the network's ``dtype`` (the update computes in it)."""
+        hp = self._hparams()
+        big = np.abs(hp) > np.finfo(dtype).max
+        if big.any():
+            raise InputError(f"{self!r}: the hyper-parameter {hp[big][0]!r} overflows {np.dtype(dtype).name}, "
+                             f"the network's dtype")
 
     @property
     def step_count(self):
@@ -127,6 +146,7 @@ class Adam(Optimizer):
     """
     kind = K.ADAM
     _n_hp = 7
+    _nonneg_states = (1, 2)   # v, max v
     _fields = ("lr", "betas", "eps", "weight_decay", "amsgrad")
     _decoupled = False
 
@@ -170,6 +190,7 @@ class RMSprop(Optimizer):
     """
     kind = K.RMSPROP
     _n_hp = 6
+    _nonneg_states = (0,)     # the mean square
     _fields = ("lr", "alpha", "eps", "weight_decay", "momentum", "centered")
 
     def __init__(self, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False,

@@ -373,10 +373,13 @@ class _BaseMLP(BaseEstimator):
     def _fit_lbfgs(self, X, y, sample_weight):
         loss_grad, idx = self._lbfgs_objective(X, y, sample_weight)
         iprint = 1 if self.verbose is True or self.verbose >= 1 else -1
-        opt_res = scipy.optimize.minimize(
-            loss_grad, self._net.params[idx].astype(np.float64), method="L-BFGS-B", jac=True,
-            options={"maxfun": self.max_fun, "maxiter": self.max_iter, "gtol": self.tol,
-                     **_get_additional_lbfgs_options_dict("iprint", iprint)})
+        try:
+            opt_res = scipy.optimize.minimize(
+                loss_grad, self._net.params[idx].astype(np.float64), method="L-BFGS-B", jac=True,
+                options={"maxfun": self.max_fun, "maxiter": self.max_iter, "gtol": self.tol,
+                         **_get_additional_lbfgs_options_dict("iprint", iprint)})
+        finally:
+            self._net._drop_workspace(X.shape[0])   # the full-batch workspace (the data's size) is not kept
         self.n_iter_ = _check_optimize_result("lbfgs", opt_res, self.max_iter)
         self.loss_ = float(opt_res.fun)
         self._net.params[idx] = opt_res.x
@@ -639,14 +642,14 @@ class _Epoch:
         """Train one epoch in the order ``perm``; the mean batch loss weighted by batch rows
         (fastbp's scale), or NaN if a step was refused (the weights then become NaN too)."""
         net, opt = self.net, self.opt
-        ws, layout, fpar, meta = net._workspace(self.batch_size)
         s1, s2, s3 = opt._bind(net)
         net._ctl[:] = (0.0, 0.0, net._l2)
-        done, status = K.train_epoch(
-            net._kernels(opt.kind, True), net.params, net.grads, net.norm_state, ws, layout, fpar, meta, net._rng, self.X, self.T, self.labels,
-            self.use_labels, self.sw, perm, bool(shuffle), self.batch_size, 0, self.n_batches, opt.kind, s1, s2, s3,
-            opt._hparams(), opt._step, self.Xb, self.Tb, self.Lb, self.Wb, self.stats, net._ctl, net._tstats,
-            net._no_pprev)
+        with net._borrow(self.batch_size) as (ws, layout, fpar, meta):
+            done, status = K.train_epoch(
+                net._kernels(opt.kind, True), net.params, net.grads, net.norm_state, ws, layout, fpar, meta, net._rng, self.X,
+                self.T, self.labels, self.use_labels, self.sw, perm, bool(shuffle), self.batch_size, 0, self.n_batches,
+                opt.kind, s1, s2, s3, opt._hparams(), opt._step, self.Xb, self.Tb, self.Lb, self.Wb, self.stats, net._ctl,
+                net._tstats, net._no_pprev)
         if status != K.OK:
             # scikit-learn applies the non-finite step; its weights turn NaN and stay so
             net.params[...] = np.nan

@@ -282,6 +282,21 @@ def test_csv_ragged_and_non_numeric_cells(tmp_path):
         load_csv(p)
 
 
+def test_csv_unclosed_quote_is_an_error_not_lost_lines(tmp_path):
+    # a quoted field may span lines: an unclosed one would swallow the rest of the file into one label
+    p = tmp_path / "q.csv"
+    p.write_text("x1,x2,label\n" + "".join(f"{i},{i + 1},cat\n" for i in range(3)) + '3,4,"dog\n'
+                 + "".join(f"{i},{i + 1},dog\n" for i in range(5, 50)))
+    with raises_data_error(r"q\.csv: malformed CSV \(unexpected end of data\)"):
+        load_csv(p)
+    p.write_text('x1,x2,label\n1,2,"cat"s\n')   # text after a closing quote
+    with raises_data_error(r"q\.csv: malformed CSV"):
+        load_csv(p)
+    p.write_text('x1,x2,label\n1,2,"cat"\n3,4,"dog, big"\n')   # quoting done right still reads
+    X, y, classes = load_csv(p, return_classes=True)
+    assert X.shape == (2, 2) and list(classes) == ["cat", "dog, big"]
+
+
 def test_csv_error_line_in_a_later_chunk(tmp_path, monkeypatch):
     monkeypatch.setattr(datasets, "_CSV_CHUNK", 4)
     rows = [f"{i},{i + 0.5},{i % 3}" for i in range(10)]

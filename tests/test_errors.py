@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import fastbp as fb
+from fastbp.schedules import CosineAnnealing, ExponentialDecay, ReduceLROnPlateau, Schedule
 
 # converting 1e39 to float32 warns before the InputError it leads to
 pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
@@ -571,3 +572,108 @@ def test_fit_divergence_keeps_exactly_the_last_finite_weights(dtype):
     assert np.array_equal(net.params, twin.params) and np.all(np.isfinite(net.params))
     assert np.array_equal(net.optimizer.state_arrays()[0], opt.state_arrays()[0])
     assert len(net.history.epoch) == opt.step_count // 4  # only completed epochs are recorded
+
+
+# ---- rates, hyper-parameters and optimizer state that would break the update ---------------------------
+class _RateBySamples(Schedule):
+    """A rate that turns NaN (or negative) once enough samples were seen: only the epoch's own check sees it."""
+
+    def __init__(self, bad):
+        self.bad = bad
+
+    def __call__(self, epoch, base_lr, samples_seen=0):
+        return base_lr if samples_seen < 80 else self.bad
+
+
+@pytest.mark.parametrize("bad", [float("nan"), -0.1, 1e39])
+def test_a_rate_that_turns_bad_mid_fit_stops_before_its_epoch(bad):
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((40, 4)).astype(np.float32)
+    y = rng.integers(0, 3, 40)
+    net = fb.Network([4, 8, 3], seed=0)
+    keep = []
+    cb = fb.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: keep.append(net.params.copy()))
+    with pytest.raises(fb.InputError, match=r"learning rate .* at epoch 2; rates must be >= 0 and finite in float32"):
+        net.fit(X, y, epochs=4, batch_size=8, optimizer=fb.SGD(lr=0.5), schedule=_RateBySamples(bad),
+                callbacks=[cb], verbose=0)
+    assert len(keep) == 2 and np.array_equal(net.params, keep[-1])
+    assert net.optimizer.step_count == 10 and np.all(np.isfinite(net.params))
+
+
+@pytest.mark.parametrize("make", [lambda: fb.Adam(lr=1e39), lambda: fb.SGD(lr=0.1, weight_decay=1e39),
+                                  lambda: fb.RMSprop(lr=1e-3, eps=1e39)], ids=["adam lr", "sgd weight_decay", "rmsprop eps"])
+def test_hyper_parameters_that_overflow_float32_are_refused(make):
+    opt = make()
+    X = np.ones((4, 3), np.float32)
+    y = np.array([0, 1, 0, 1])
+    net = fb.Network([3, 4, 2], seed=0)
+    with unchanged(net, opt), pytest.raises(fb.InputError, match="overflows float32"):
+        net.train_step(X, y, opt)
+    fb.Network([3, 4, 2], seed=0, dtype=np.float64).train_step(X, y, opt)   # fine in float64
+
+
+def test_a_rejected_fit_leaves_the_optimizer_schedule_alone():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((40, 4)).astype(np.float32)
+    y = rng.integers(0, 3, 40)
+    net = fb.Network([4, 8, 3], seed=0)
+    cosine = CosineAnnealing(10)
+    opt = fb.Adam(lr=1e-2, schedule=cosine)
+    net.fit(X, y, epochs=1, optimizer=opt, verbose=0)
+    with pytest.raises(fb.InputError, match="monitors 'val_loss'"):   # no validation data
+        net.fit(X, y, epochs=2, initial_epoch=1, schedule=ReduceLROnPlateau("val_loss"), verbose=0)
+    assert opt.schedule is cosine
+    other = fb.Network([4, 8, 3], seed=1)
+    with pytest.raises(fb.InputError, match="another network"):
+        other.fit(X, y, epochs=1, optimizer=opt, schedule=ExponentialDecay(0.5), verbose=0)
+    assert opt.schedule is cosine
+    with pytest.raises(fb.InputError, match=r"ExponentialDecay\(gamma=1e\+200\) fails at epoch 2"):
+        net.fit(X, y, epochs=3, optimizer=opt, schedule=ExponentialDecay(1e200), verbose=0)
+    assert opt.schedule is cosine
+    net.fit(X, y, epochs=2, initial_epoch=1, verbose=0)                # the old schedule still works
+    net.fit(X, y, epochs=3, initial_epoch=2, schedule=ExponentialDecay(0.5), verbose=0)
+    assert isinstance(opt.schedule, ExponentialDecay)                  # an accepted fit attaches it
+
+
+def test_save_before_the_first_step_loads(tmp_path):
+    net = fb.Network([3, 4, 2], seed=0)
+    net.optimizer = fb.Adam(lr=1e-2)
+    net.save(tmp_path / "m.npz")
+    back = fb.Network.load(tmp_path / "m.npz")
+    assert isinstance(back.optimizer, fb.Adam) and back.optimizer.step_count == 0
+    assert all(not a.any() for a in back.optimizer.state_arrays())
+
+
+@pytest.mark.parametrize("opt,i,value", [(fb.Adam(), 1, -1.0), (fb.Adam(), 0, np.nan), (fb.SGD(momentum=0.9), 0, np.inf),
+                                         (fb.RMSprop(), 0, -1.0)], ids=["adam v < 0", "adam m nan", "sgd buf inf",
+                                                                        "rmsprop square < 0"])
+def test_load_refuses_optimizer_state_an_update_cannot_use(opt, i, value, tmp_path):
+    X = np.ones((4, 3), np.float32)
+    y = np.array([0, 1, 0, 1])
+    net = fb.Network([3, 4, 2], seed=0)
+    net.train_step(X, y, opt)
+    net.save(tmp_path / "m.npz")
+    with np.load(tmp_path / "m.npz") as f:
+        data = dict(f)
+    data[f"optimizer_state_{i}"][0] = value
+    np.savez(tmp_path / "bad.npz", **data)
+    with pytest.raises(fb.ModelFileError, match=f"optimizer state {i} is not finite"):
+        fb.Network.load(tmp_path / "bad.npz")
+
+
+def test_weights_and_class_weights_that_overflow_float32_are_refused():
+    net = fb.Network([3, 4, 2], seed=0)
+    w = net.get_weights()
+    with unchanged(net), pytest.raises(fb.InputError, match="layer 0: W has values that overflow the network's float32"):
+        net.set_weights([(np.full((3, 4), 1e39), w[0][1]), w[1]])
+    X = np.ones((4, 3), np.float32)
+    y = np.array([0, 1, 0, 1])
+    with unchanged(net), pytest.raises(fb.InputError, match="class_weight .* overflow float32"):
+        net.fit(X, y, epochs=1, class_weight={0: 1e300, 1: 1.0}, sample_weight=np.full(4, 1e10))
+
+
+def test_divergence_message_says_when_an_update_overflowed():
+    net, X, y = _diverging_regression(np.float32)
+    net.layers[-1][1][...] = np.inf   # as after an update that overflowed (finite gradients, huge steps)
+    with pytest.raises(fb.DivergenceError, match="an earlier update overflowed float32: the weights are no longer finite"):
+        net.train_step(X, y, fb.SGD(lr=0.1))

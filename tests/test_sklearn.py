@@ -392,3 +392,12 @@ def test_dropin_example_runs():
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     assert "score sklearn / fastbp / fastbp f32" in res.stdout
     assert res.stdout.count("MLPClassifier(") == 4 and "MLPRegressor(adam" in res.stdout
+
+
+def test_lbfgs_keeps_no_full_batch_workspace():
+    # the full-batch objective needs a workspace the size of the data; the fitted model keeps none
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((300, 4))
+    est = MLPRegressor(hidden_layer_sizes=(8,), solver="lbfgs", max_iter=5, random_state=0).fit(X, X[:, 0])
+    assert X.shape[0] not in est._net._workspaces
+    est.predict(X)

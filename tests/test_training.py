@@ -1,6 +1,8 @@
 """Training behaviour: learning, determinism, dtypes, threads, allocation, divergence."""
 
+import threading
 import tracemalloc
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -8,6 +10,7 @@ from numba.core.runtime import _nrt_python, rtsys
 
 import fastbp as fb
 import fastbp._buffers as buffers
+import fastbp.network as network_module
 from fastbp._blas import BLAS_INFO, _direct_kernels
 from fastbp.kernels import network as K
 
@@ -178,6 +181,51 @@ def test_shuffle_off_and_partial_batch_use_one_workspace(rng):
     net2 = fb.Network([4, 8, 2], seed=0)
     net2.fit(X, y, epochs=2, batch_size=16, shuffle=False)
     assert np.array_equal(net.params, net2.params)
+
+
+def test_workspaces_are_capped_and_least_recently_used_go_first(rng):
+    X, y = make_data(rng, 40, 4, 2, "cross_entropy", np.float32)
+    net = fb.Network([4, 8, 2], seed=0)
+    net.fit(X, y, epochs=1, batch_size=8)
+    for n in range(2, 20):                     # a stream of batch sizes (partial_fit on odd chunks)
+        net.train_step(X[:n], y[:n])
+    assert len(net._workspaces) == network_module.MAX_WORKSPACES
+    assert list(net._workspaces) == list(range(20 - network_module.MAX_WORKSPACES, 20))
+    net.predict(X)
+    assert list(net._workspaces)[-1] == network_module.PREDICT_BATCH
+
+
+def test_predict_from_many_threads_at_once(rng):
+    # compiled code runs without the GIL: concurrent calls on one network must not share scratch buffers
+    X, y = make_data(rng, 200, 16, 3, "cross_entropy", np.float32)
+    net = fb.Network([16, 64, 64, 3], seed=0)
+    net.fit(X, y, epochs=1, batch_size=32)
+    batches = [rng.standard_normal((3000, 16)).astype(np.float32) for _ in range(6)]
+    ref = [net.predict_proba(b) for b in batches]
+    with ThreadPoolExecutor(3) as ex:
+        for _ in range(5):
+            for out, r in zip(ex.map(net.predict_proba, batches), ref):
+                assert np.array_equal(out, r)
+    # and deterministically: while another thread holds the cached workspaces, a call gets its own
+    held, release = threading.Event(), threading.Event()
+
+    def hold():
+        with net._borrow(network_module.PREDICT_BATCH):
+            held.set()
+            release.wait(10)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    try:
+        held.wait(10)
+        with net._borrow(network_module.PREDICT_BATCH) as ws:
+            assert ws[0] is not net._workspaces[network_module.PREDICT_BATCH][0]
+        assert np.array_equal(net.predict_proba(batches[0]), ref[0])
+    finally:
+        release.set()
+        t.join()
+    with net._borrow(network_module.PREDICT_BATCH) as ws:
+        assert ws[0] is net._workspaces[network_module.PREDICT_BATCH][0]
 
 
 def test_validation_history_and_dropout_off_at_inference(rng):
