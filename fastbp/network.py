@@ -426,7 +426,7 @@ class Network:
         n = X.shape[0]
         self._ctl[:] = (0.0, 0.0, self._l2)
         with self._borrow(n) as (ws, layout, fpar, meta):
-            loss, status = K.train_batch(self._kernels(opt.kind, True), self.params, self.grads, self.norm_state, ws, layout, fpar,
+            loss, _, status = K.train_batch(self._kernels(opt.kind, True), self.params, self.grads, self.norm_state, ws, layout, fpar,
                                          meta, self._rng, X, T, labels, use_labels, sw, n, opt.kind, s1, s2, s3,
                                          opt._hparams(), opt._step, self._ctl, self._tstats, self._no_pprev)
         if status != K.OK:

@@ -446,8 +446,8 @@ class _BaseMLP(BaseEstimator):
                     self._random_state.shuffle(order)
                     sample_idx = sample_idx[order]
                 loss = c * epoch.run(sample_idx, self.shuffle)
-                if l2_extra != 0.0:
-                    loss += l2_extra * epoch.l2_estimate(sample_idx, self.alpha)
+                if l2_extra != 0.0:   # scikit-learn's penalty is the kernels' (alpha s) divided by s
+                    loss += l2_extra * epoch.penalty() / s
                 self.n_iter_ += 1
                 self.loss_ = loss
                 self.t_ += n_samples
@@ -634,7 +634,7 @@ class _Epoch:
         self.Tb = np.empty((batch_size if not use_labels else 0, net.n_outputs), net.dtype)
         self.Lb = np.empty(batch_size if use_labels else 0, np.int64)
         self.Wb = np.empty(batch_size if sw.shape[0] else 0, net.dtype)
-        self.stats = np.zeros((self.n_batches, 2), np.float64)
+        self.stats = np.zeros((self.n_batches, 3), np.float64)   # loss, correct count, L2 penalty
         self.sizes = np.full(self.n_batches, float(batch_size))
         self.sizes[-1] = N - (self.n_batches - 1) * batch_size
 
@@ -656,17 +656,10 @@ class _Epoch:
             return float("nan")
         return float(self.stats[:, 0] @ self.sizes / self.N)
 
-    def l2_estimate(self, perm, alpha):
-        """scikit-learn's epoch mean of alpha/(2 s_b) sum W^2 over the batches b (s_b: batch
-        weight), with the end-of-epoch weights."""
-        sq = sum(float(np.vdot(W, W)) for W, _ in self.net.layers)
-        if self.sw.shape[0]:
-            w = self.sw[perm].astype(np.float64)
-            s_b = np.add.reduceat(w, np.arange(0, self.N, self.batch_size))
-            per_batch = np.divide(self.sizes, s_b, out=np.zeros_like(s_b), where=s_b > 0).sum() / self.N
-        else:
-            per_batch = self.n_batches / self.N
-        return 0.5 * alpha * sq * per_batch
+    def penalty(self):
+        """The last epoch's L2 penalty (the kernels', included in its loss): the mean over
+        batches b of l2/(2 s_b) sum W^2 with the weights before batch b, weighted by batch rows."""
+        return float(self.stats[:, 2] @ self.sizes / self.N)
 
 
 _DOC_COMMON = """

@@ -171,12 +171,16 @@ def test_multilabel_and_multioutput_same_steps():
     _assert_same_model(a, b, rtol=1e-7)
     np.testing.assert_array_equal(b.predict(X), a.predict(X))
     # squared error over 3 outputs: identical steps; scikit-learn's reported loss counts the L2
-    # term of its summed-over-outputs gradient once, fastbp's per-epoch figure estimates it from
-    # the end-of-epoch weights (exact for lbfgs, as the test above shows)
+    # term of its summed-over-outputs gradient once, with each batch's weights before its update
+    # (fastbp's kernels report each batch's penalty for it)
     X, Y = _regression(k=3)
-    a, b = _fit_both(sk_nn.MLPRegressor, MLPRegressor, X, Y, hidden_layer_sizes=(9,), solver="sgd", max_iter=30,
-                     learning_rate_init=0.01, alpha=0.5)
-    _assert_same_model(a, b, rtol=1e-7, loss_rtol=1e-3)
+    sw = np.random.RandomState(2).uniform(0.2, 3.0, X.shape[0])
+    for kw in (dict(alpha=0.5), dict(alpha=0.5, sample_weight=sw), dict(alpha=1e-4, tol=1e-4, n_iter_no_change=3,
+                                                                         max_iter=300)):
+        a, b = _fit_both(sk_nn.MLPRegressor, MLPRegressor, X, Y, **dict(dict(
+            hidden_layer_sizes=(9,), solver="sgd", max_iter=30, learning_rate_init=0.01), **kw))
+        _assert_same_model(a, b, rtol=1e-7)
+        assert b.n_iter_ == a.n_iter_ and b.best_loss_ == pytest.approx(a.best_loss_, rel=1e-9)
 
 
 def test_adam_tracks_sklearn_closely():

@@ -199,8 +199,9 @@ def backward_all(kset, grads, params, ws, layout, fpar, meta, X, T, labels, use_
 @njit(**INLINE)
 def train_batch(kset, params, grads, nstate, ws, layout, fpar, meta, rng, X, T, labels, use_labels, sw, n,
                 opt_kind, s1, s2, s3, hp, step, ctl, tstats, pprev):
-    """One step on rows 0..n of X/T/labels/sw. Returns (loss, status); the update is
-    applied only when the loss and every gradient are finite (status OK).
+    """One step on rows 0..n of X/T/labels/sw. Returns (loss, penalty, status): the loss
+    includes the L2 penalty (0 without ctl[L2]), which is also returned on its own; the
+    update is applied only when the loss and every gradient are finite (status OK).
 
     With ctl[CLIP] > 0 the gradients are scaled by min(1, clip / (norm + 1e-6)) inside
     the update (torch's clip_grad_norm_). With ctl[TRACK], tstats[l] accumulates
@@ -208,10 +209,10 @@ def train_batch(kset, params, grads, nstate, ws, layout, fpar, meta, rng, X, T, 
     (pprev (P,) is scratch for the parameters before the update)."""
     l2 = ctl[L2]
     loss = loss_forward_all(kset, params, nstate, ws, layout, fpar, meta, X, T, labels, use_labels, sw, n, True, rng)
-    if l2 > 0.0:
-        loss += l2_penalty(params, layout, l2, sw, n)
+    penalty = l2_penalty(params, layout, l2, sw, n) if l2 > 0.0 else 0.0
+    loss += penalty
     if not np.isfinite(loss):
-        return loss, BAD_LOSS
+        return loss, penalty, BAD_LOSS
     backward_all(kset, grads, params, ws, layout, fpar, meta, X, T, labels, use_labels, sw, n, l2)
     clip = ctl[CLIP]
     track = ctl[TRACK] != 0.0
@@ -224,11 +225,11 @@ def train_batch(kset, params, grads, nstate, ws, layout, fpar, meta, rng, X, T, 
             if track:
                 tstats[l, 0] += np.sqrt(s)
         if not np.isfinite(total):
-            return loss, BAD_GRAD
+            return loss, penalty, BAD_GRAD
         if clip > 0.0:
             gscale = min(1.0, clip / (np.sqrt(total) + 1e-6))
     elif not all_finite(grads):
-        return loss, BAD_GRAD
+        return loss, penalty, BAD_GRAD
     if track:
         for i in range(params.shape[0]):   # (a loop: slice assignment compiles a string-formatting error path)
             pprev[i] = params[i]
@@ -241,7 +242,7 @@ def train_batch(kset, params, grads, nstate, ws, layout, fpar, meta, rng, X, T, 
             d = diff_sq_sum(params[a:e], pprev[a:e])
             p = sq_sum(params[a:e])
             tstats[l, 1] += np.sqrt(d / p) if p > 0.0 else 0.0
-    return loss, OK
+    return loss, penalty, OK
 
 
 @njit(**JIT)
@@ -251,8 +252,9 @@ def train_epoch(kset, params, grads, nstate, ws, layout, fpar, meta, rng, X, T, 
     """Mini-batches b0..b1-1 of an epoch of ``batch_size`` rows, in the order ``perm``
     (if ``shuffle``) or as stored; the last batch may be short. Shuffled rows are
     gathered into the preallocated Xb/Tb/Lb/Wb; unshuffled batches are views of X.
-    stats[i] gets batch i's loss and its number of correct predictions (see
-    losses.correct_count). Returns (next batch, status); it stops at the first
+    stats[i] gets batch i's loss, its number of correct predictions (see
+    losses.correct_count) and, if stats has a third column, the L2 penalty included
+    in that loss. Returns (next batch, status); it stops at the first
     non-OK batch and returns that batch's index."""
     N = X.shape[0]
     d = X.shape[1]
@@ -277,9 +279,11 @@ def train_epoch(kset, params, grads, nstate, ws, layout, fpar, meta, rng, X, T, 
             xb, tb, lb, wb = Xb[:n], Tb[:n], Lb[:n], Wb[:n] if weighted else sw
         else:
             xb, tb, lb, wb = X[s:e], T[s:e], labels[s:e], sw[s:e] if weighted else sw
-        loss, status = train_batch(kset, params, grads, nstate, ws, layout, fpar, meta, rng, xb, tb, lb,
+        loss, penalty, status = train_batch(kset, params, grads, nstate, ws, layout, fpar, meta, rng, xb, tb, lb,
                                    use_labels, wb, n, opt_kind, s1, s2, s3, hp, step, ctl, tstats, pprev)
         stats[bi, 0] = loss
+        if stats.shape[1] > 2:
+            stats[bi, 2] = penalty
         if status != OK:
             return bi, status
         P = view2(ws, layout[L, A_OFF], n, layout[L, N_OUT])
