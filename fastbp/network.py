@@ -533,7 +533,7 @@ class Network:
         if schedule is None:
             schedule = opt.schedule
         if schedule is not None:
-            check_rates(schedule, opt.lr, initial_epoch, epochs)
+            check_rates(schedule, opt.lr, initial_epoch, epochs, self.dtype)
         keys = ["loss"] + (["accuracy"] if self.is_classifier else []) + ["lr"]
         if val is not None:
             keys += ["val_loss"] + (["val_accuracy"] if self.is_classifier else [])

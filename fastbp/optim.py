@@ -13,7 +13,7 @@ import numpy as np
 from ._validation import check_float
 from .errors import InputError
 from .kernels import optim as K
-from .schedules import SCHEDULES, check_schedule, schedule_from_config
+from .schedules import SCHEDULES, check_rate, check_schedule, schedule_from_config
 
 
 class Optimizer:
@@ -48,7 +48,7 @@ class Optimizer:
         """The rate of the current epoch (``lr`` unless a schedule set another)."""
         return self.lr if self._lr_now is None else self._lr_now
 
-    def _set_epoch(self, epoch, samples_seen, dtype=np.float64):
+    def _set_epoch(self, epoch, samples_seen, dtype):
         """Apply the schedule for ``epoch``: only a number in the hyper-parameter array changes.
         A rate that is negative, not finite or beyond ``dtype`` (the network's) is an error,
         raised before the epoch trains (fit checks every epoch's rate up front too, but a
@@ -56,12 +56,8 @@ class Optimizer:
         if self.schedule is None:
             self._lr_now = None
             return self.lr
-        lr = float(self.schedule(epoch, self.lr, samples_seen))
-        if not (0.0 <= lr <= np.finfo(dtype).max):
-            raise InputError(f"{self.schedule!r} gives the learning rate {lr} at epoch {epoch}; rates must be "
-                             f">= 0 and finite in {np.dtype(dtype).name}")
-        self._lr_now = lr
-        return lr
+        self._lr_now = check_rate(self.schedule, float(self.schedule(epoch, self.lr, samples_seen)), epoch, dtype)
+        return self._lr_now
 
     def _check_hparams(self, dtype):
         """Every hyper-parameter must be finite in the network's ``dtype`` (the update computes in it)."""

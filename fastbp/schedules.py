@@ -14,6 +14,8 @@ to ``fit(schedule=...)``. Schedules with state (``ReduceLROnPlateau``) also get
 
 import math
 
+import numpy as np
+
 from ._validation import check_float, check_int
 from .errors import InputError
 
@@ -188,14 +190,21 @@ def check_schedule(schedule):
     return schedule
 
 
-def check_rates(schedule, base_lr, first_epoch, last_epoch):
-    """Evaluate the schedule for every epoch of a fit before it starts; a negative or
-    non-finite rate is an error naming the epoch."""
+def check_rate(schedule, rate, epoch, dtype):
+    """A rate that is negative, NaN or beyond ``dtype`` (the network's, which the update
+    computes in) is an error naming the epoch."""
+    if not 0.0 <= rate <= np.finfo(dtype).max:
+        raise InputError(f"{schedule!r} gives the learning rate {rate} at epoch {epoch}; rates must be >= 0 "
+                         f"and finite in {np.dtype(dtype).name}")
+    return rate
+
+
+def check_rates(schedule, base_lr, first_epoch, last_epoch, dtype):
+    """Evaluate the schedule for every epoch of a fit before it starts (with no samples
+    seen; the optimizer checks each epoch's rate again when it applies it)."""
     for e in range(first_epoch, last_epoch):
         try:
             r = float(schedule(e, base_lr, 0))
         except (TypeError, ValueError, OverflowError, ZeroDivisionError) as exc:
             raise InputError(f"{schedule!r} fails at epoch {e}: {exc}") from None
-        if not math.isfinite(r) or r < 0:
-            raise InputError(f"{schedule!r} gives the learning rate {r} at epoch {e}; "
-                             f"rates must be finite and >= 0")
+        check_rate(schedule, r, e, dtype)

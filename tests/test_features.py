@@ -356,7 +356,7 @@ class Scripted(Schedule):
 @pytest.mark.parametrize("lr,sched,match", [
     (0.1, fb.ExponentialDecay(gamma=1e308), r"ExponentialDecay\(gamma=1e\+308\) fails at epoch 2"),  # 1e308**2
     (1e300, fb.ExponentialDecay(gamma=1e10), r"gives the learning rate inf at epoch 1"),            # 1e300 * 1e10
-    (0.1, Scripted([0.1, 0.1, -0.01, 0.1]), r"gives the learning rate -0.01 at epoch 2; rates must be finite"),
+    (0.1, Scripted([0.1, 0.1, -0.01, 0.1]), r"gives the learning rate -0.01 at epoch 2; rates must be >= 0 and finite in float64"),
     (0.1, Scripted([0.1, float("nan"), 0.1, 0.1]), r"gives the learning rate nan at epoch 1"),
 ], ids=["overflow", "inf", "negative", "nan"])
 def test_bad_rate_raises_before_training(lr, sched, match):
