@@ -19,7 +19,7 @@ import numpy as np
 from numba import njit
 from numba.extending import overload
 
-from .._config import JIT, OVERLOAD_JIT
+from .._config import INLINE, JIT, OVERLOAD_JIT
 from ._util import in_place
 from .kset import ACT_BIT, ALL, has
 from .mathfn import exp, gelu, gelu_grad, like, tanh
@@ -42,7 +42,7 @@ def _colsum_init(db):
 
 
 # ---- identity: A = Z ------------------------------------------------------------
-@njit(**JIT)
+@njit(**INLINE)
 def identity_forward(A, Z, b):
     # Z, A (n, k); b (k,)
     n, k = in_place(A, Z)
@@ -51,7 +51,7 @@ def identity_forward(A, Z, b):
             A[i, j] = A[i, j] + b[j]
 
 
-@njit(**JIT)
+@njit(**INLINE)
 def identity_backward(dZ, db, dA):
     # dZ, dA (n, k); db (k,)   inverts A = Z
     n, k = in_place(dZ, dA)
@@ -62,7 +62,7 @@ def identity_backward(dZ, db, dA):
 
 
 # ---- relu: A = max(Z, 0) -------------------------------------------------------
-@njit(**JIT)
+@njit(**INLINE)
 def relu_forward(A, Z, b):
     n, k = in_place(A, Z)
     zero = like(0.0, A)
@@ -72,7 +72,7 @@ def relu_forward(A, Z, b):
             A[i, j] = zero if z <= 0 else z     # NaN stays NaN, as in NumPy and torch
 
 
-@njit(**JIT)
+@njit(**INLINE)
 def relu_backward(dZ, db, dA, A):
     # f'(z) = 0 if A <= 0 else 1 (the forward's test: at A = NaN the gradient passes, as torch's)
     n, k = in_place(dZ, dA)
@@ -86,7 +86,7 @@ def relu_backward(dZ, db, dA, A):
 
 
 # ---- leaky_relu: A = Z if Z > 0 else alpha Z (alpha > 0 keeps the sign) -------
-@njit(**JIT)
+@njit(**INLINE)
 def leaky_relu_forward(A, Z, b, alpha):
     n, k = in_place(A, Z)
     al = like(alpha, A)
@@ -96,7 +96,7 @@ def leaky_relu_forward(A, Z, b, alpha):
             A[i, j] = z if z > 0 else al * z
 
 
-@njit(**JIT)
+@njit(**INLINE)
 def leaky_relu_backward(dZ, db, dA, A, alpha):
     n, k = in_place(dZ, dA)
     al = like(alpha, dZ)
@@ -109,7 +109,7 @@ def leaky_relu_backward(dZ, db, dA, A, alpha):
 
 
 # ---- elu: A = Z if Z > 0 else alpha (exp(Z) - 1) -------------------------------
-@njit(**JIT)
+@njit(**INLINE)
 def elu_forward(A, Z, b, alpha):
     n, k = in_place(A, Z)
     al = like(alpha, A)
@@ -119,7 +119,7 @@ def elu_forward(A, Z, b, alpha):
             A[i, j] = z if z > 0 else al * np.expm1(z)
 
 
-@njit(**JIT)
+@njit(**INLINE)
 def elu_backward(dZ, db, dA, A, alpha):
     # f'(z) = 1 for z > 0, alpha exp(z) = A + alpha otherwise
     n, k = in_place(dZ, dA)
@@ -141,7 +141,7 @@ def _sigmoid(z):
     return 1.0 / (1.0 + e) if z >= 0 else e / (1.0 + e)
 
 
-@njit(**JIT)
+@njit(**INLINE)
 def sigmoid_forward(A, Z, b):
     n, k = in_place(A, Z)
     for i in range(n):
@@ -149,7 +149,7 @@ def sigmoid_forward(A, Z, b):
             A[i, j] = _sigmoid(A[i, j] + b[j])
 
 
-@njit(**JIT)
+@njit(**INLINE)
 def sigmoid_backward(dZ, db, dA, A):
     # f'(z) = A (1 - A)
     n, k = in_place(dZ, dA)
@@ -164,7 +164,7 @@ def sigmoid_backward(dZ, db, dA, A):
 
 
 # ---- tanh ------------------------------------------------------------------------
-@njit(**JIT)
+@njit(**INLINE)
 def tanh_forward(A, Z, b):
     n, k = in_place(A, Z)
     for i in range(n):
@@ -172,7 +172,7 @@ def tanh_forward(A, Z, b):
             A[i, j] = tanh(A[i, j] + b[j])
 
 
-@njit(**JIT)
+@njit(**INLINE)
 def tanh_backward(dZ, db, dA, A):
     # f'(z) = 1 - A^2
     n, k = in_place(dZ, dA)
@@ -187,7 +187,7 @@ def tanh_backward(dZ, db, dA, A):
 
 
 # ---- softplus: A = log(1 + exp(Z)) ---------------------------------------------
-@njit(**JIT)
+@njit(**INLINE)
 def softplus_forward(A, Z, b):
     n, k = in_place(A, Z)
     for i in range(n):
@@ -197,7 +197,7 @@ def softplus_forward(A, Z, b):
             A[i, j] = max(z, 0.0) + np.log1p(np.exp(-abs(z)))
 
 
-@njit(**JIT)
+@njit(**INLINE)
 def softplus_backward(dZ, db, dA, A):
     # f'(z) = sigmoid(z) = 1 - exp(-A) = -expm1(-A)   (expm1 keeps precision as A -> 0)
     n, k = in_place(dZ, dA)
@@ -210,7 +210,7 @@ def softplus_backward(dZ, db, dA, A):
 
 
 # ---- gelu, tanh approximation: A = Z/2 (1 + tanh(c (Z + k Z^3))) ---------------
-@njit(**JIT)
+@njit(**INLINE)
 def gelu_forward(A, Z, b):
     # Z keeps the pre-activation (backward needs it), so A must be a separate buffer
     n, k = Z.shape
@@ -221,7 +221,7 @@ def gelu_forward(A, Z, b):
             A[i, j] = gelu(z)
 
 
-@njit(**JIT)
+@njit(**INLINE)
 def gelu_backward(dZ, db, dA, Z):
     # f'(z) = (1 + t)/2 + z/2 (1 - t^2) c (1 + 3 k z^2),  t = tanh(c (z + k z^3))
     n, k = in_place(dZ, dA)
@@ -296,11 +296,11 @@ def _activation_backward_in(kset, code, dZ, db, dA, A, Z, alpha):
     return impl
 
 
-@njit(**JIT)
+@njit(**INLINE)
 def activation_forward(code, A, Z, b, alpha):
     activation_forward_in(ALL, code, A, Z, b, alpha)
 
 
-@njit(**JIT)
+@njit(**INLINE)
 def activation_backward(code, dZ, db, dA, A, Z, alpha):
     activation_backward_in(ALL, code, dZ, db, dA, A, Z, alpha)

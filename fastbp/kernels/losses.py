@@ -27,7 +27,7 @@ import numpy as np
 from numba import njit
 from numba.extending import overload
 
-from .._config import JIT, OVERLOAD_JIT
+from .._config import INLINE, JIT, OVERLOAD_JIT
 from .kset import ALL, LOSS_BIT, has
 from .mathfn import exp
 
@@ -110,7 +110,7 @@ def _softmax_normalise(P, i):
     return s
 
 
-@njit(**JIT)
+@njit(**INLINE)
 def softmax_xent_forward(P, Z, b, T, labels, use_labels, sw):
     # Z, P (n, k); b (k,); T (n, k) or labels (n,); sw (n,) or (0,).  P must not alias Z.
     # loss = -1/sum(w) sum_i w_i sum_j T_ij log softmax(Z_i)_j, log-sum-exp shifted by the row max
@@ -134,7 +134,7 @@ def softmax_xent_forward(P, Z, b, T, labels, use_labels, sw):
     return total * _inv_total(sw, n)
 
 
-@njit(**JIT)
+@njit(**INLINE)
 def softmax_xent_backward(dZ, db, P, T, labels, use_labels, sw):
     # dZ_i = w_i (P_i sum_j T_ij - T_i) / sum(w)   (inverts loss = -1/sum(w) sum w T log softmax(Z));
     # sum_j T_ij = 1 for labels and one-hot rows, but soft targets need not sum to 1 (as in torch)
@@ -160,7 +160,7 @@ def softmax_xent_backward(dZ, db, P, T, labels, use_labels, sw):
 
 
 # ---- sigmoid + binary cross-entropy from logits ------------------------------------
-@njit(**JIT)
+@njit(**INLINE)
 def sigmoid_bce_forward(P, Z, b, T, sw):
     # loss = weighted mean over rows of the mean over k of max(z,0) - z t + log1p(exp(-|z|))
     n, k = Z.shape
@@ -176,7 +176,7 @@ def sigmoid_bce_forward(P, Z, b, T, sw):
     return total * _inv_total(sw, n) / k
 
 
-@njit(**JIT)
+@njit(**INLINE)
 def sigmoid_bce_backward(dZ, db, P, T, sw):
     # dZ_i = w_i (sigmoid(Z_i) - T_i) / (k sum(w))
     n, k = P.shape
@@ -192,7 +192,7 @@ def sigmoid_bce_backward(dZ, db, P, T, sw):
 
 
 # ---- identity + mean squared error --------------------------------------------------
-@njit(**JIT)
+@njit(**INLINE)
 def mse_forward(P, Z, b, T, sw):
     # loss = weighted mean over rows of the mean over k of (Z - T)^2
     n, k = Z.shape
@@ -208,7 +208,7 @@ def mse_forward(P, Z, b, T, sw):
     return total * _inv_total(sw, n) / k
 
 
-@njit(**JIT)
+@njit(**INLINE)
 def mse_backward(dZ, db, P, T, sw):
     # dZ_i = 2 w_i (P_i - T_i) / (k sum(w))
     n, k = P.shape
@@ -224,7 +224,7 @@ def mse_backward(dZ, db, P, T, sw):
 
 
 # ---- identity + huber (delta = 1) ----------------------------------------------------
-@njit(**JIT)
+@njit(**INLINE)
 def huber_forward(P, Z, b, T, sw):
     # l(d) = d^2/2 if |d| <= delta else delta (|d| - delta/2), weighted mean over rows of the mean over k
     n, k = Z.shape
@@ -240,7 +240,7 @@ def huber_forward(P, Z, b, T, sw):
     return total * _inv_total(sw, n) / k
 
 
-@njit(**JIT)
+@njit(**INLINE)
 def huber_backward(dZ, db, P, T, sw):
     # dZ_i = w_i clip(P_i - T_i, -delta, delta) / (k sum(w))
     n, k = P.shape
@@ -257,7 +257,7 @@ def huber_backward(dZ, db, P, T, sw):
 
 
 # ---- exp + half Poisson deviance ------------------------------------------------------
-@njit(**JIT)
+@njit(**INLINE)
 def poisson_forward(P, Z, b, T, sw):
     # P = exp(Z + b); loss = weighted mean over rows of the mean over k of
     # t log(t / p) - t + p = p - t z + t log t - t   (t log t = 0 at t = 0; targets t >= 0)
@@ -275,7 +275,7 @@ def poisson_forward(P, Z, b, T, sw):
     return total * _inv_total(sw, n) / k
 
 
-@njit(**JIT)
+@njit(**INLINE)
 def poisson_backward(dZ, db, P, T, sw):
     # dZ_i = w_i (P_i - T_i) / (k sum(w))      (d/dz of p - t z, with p = exp(z))
     n, k = P.shape

@@ -94,20 +94,6 @@ def hidden_forward(kset, params, nstate, ws, layout, fpar, X, n, training, rng):
 
 
 @njit(**INLINE)
-def predict_forward(kset, params, nstate, ws, layout, fpar, meta, rng, X, n):
-    # inference: no dropout (rng is not read), running norm statistics; returns P (n, k_out), a view into ws
-    inp = hidden_forward(kset, params, nstate, ws, layout, fpar, X, n, False, rng)
-    L = layout.shape[0] - 1
-    k = layout[L, N_OUT]
-    W, b = layer_params(params, layout, L)
-    Z = view2(ws, layout[L, Z_OFF], n, k)
-    P = view2(ws, layout[L, A_OFF], n, k)
-    gemm(False, False, 1.0, inp, W, 0.0, Z)
-    output_forward(meta[LOSS], P, Z, b)
-    return P
-
-
-@njit(**INLINE)
 def loss_forward_all(kset, params, nstate, ws, layout, fpar, meta, X, T, labels, use_labels, sw, n, training, rng):
     # forward through every layer and the loss; returns the (weighted) mean loss of the n rows
     inp = hidden_forward(kset, params, nstate, ws, layout, fpar, X, n, training, rng)
@@ -304,28 +290,33 @@ def loss_all(kset, params, nstate, ws, layout, fpar, meta, rng, X, T, labels, us
              with_loss):
     # inference, batch_size rows at a time: out (N, k_out) <- the network's output for every row
     # of X and, if with_loss, returns the (weighted) mean loss against T/labels (else 0; T, labels
-    # and sw are then not read). One function for evaluate and predict: one compile, not two.
+    # and sw are then not read). One function for evaluate and predict, with one forward pass in
+    # it: one compile, not two (each inlined copy of the forward is compiled again).
     N = X.shape[0]
-    if not with_loss:
-        for s in range(0, N, batch_size):
-            e = min(N, s + batch_size)
-            copy_rows(out, s, predict_forward(kset, params, nstate, ws, layout, fpar, meta, rng, X[s:e], e - s))
-        return 0.0
+    L = layout.shape[0] - 1
+    k = layout[L, N_OUT]
+    W, b = layer_params(params, layout, L)
     weighted = sw.shape[0] != 0
     total = 0.0
     wtotal = 0.0
     for s in range(0, N, batch_size):
         e = min(N, s + batch_size)
         n = e - s
-        wb = sw[s:e] if weighted else sw
-        wsum = 0.0
-        if weighted:
-            for i in range(n):
-                wsum += wb[i]
+        inp = hidden_forward(kset, params, nstate, ws, layout, fpar, X[s:e], n, False, rng)
+        Z = view2(ws, layout[L, Z_OFF], n, k)
+        P = view2(ws, layout[L, A_OFF], n, k)
+        gemm(False, False, 1.0, inp, W, 0.0, Z)
+        if with_loss:
+            wb = sw[s:e] if weighted else sw
+            wsum = 0.0
+            if weighted:
+                for i in range(n):
+                    wsum += wb[i]
+            else:
+                wsum = n
+            total += wsum * loss_forward_in(kset, meta[LOSS], P, Z, b, T[s:e], labels[s:e], use_labels, wb)
+            wtotal += wsum
         else:
-            wsum = n
-        total += wsum * loss_forward_all(kset, params, nstate, ws, layout, fpar, meta, X[s:e], T[s:e], labels[s:e],
-                                         use_labels, wb, n, False, rng)
-        wtotal += wsum
-        copy_rows(out, s, view2(ws, layout[layout.shape[0] - 1, A_OFF], n, out.shape[1]))
+            output_forward(meta[LOSS], P, Z, b)            # P = output(Z + b), no loss
+        copy_rows(out, s, P)
     return total / wtotal if wtotal > 0.0 else 0.0

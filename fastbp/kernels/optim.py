@@ -15,14 +15,14 @@ import numpy as np
 from numba import njit
 from numba.extending import overload
 
-from .._config import JIT, OVERLOAD_JIT
+from .._config import INLINE, JIT, OVERLOAD_JIT
 from .kset import ALL, OPT_BIT, has
 from .mathfn import like
 
 SGD, ADAM, RMSPROP = range(3)
 
 
-@njit(**JIT)
+@njit(**INLINE)
 def sgd_update(p, g, buf, t, lr, momentum, dampening, weight_decay, nesterov, gscale):
     # p, g, buf (P,)
     # d = s g + wd p;  buf = d (t = 1) else mu buf + (1 - damp) d;
@@ -38,7 +38,7 @@ def sgd_update(p, g, buf, t, lr, momentum, dampening, weight_decay, nesterov, gs
         p[i] = p[i] - lr_ * d
 
 
-@njit(**JIT)
+@njit(**INLINE)
 def adam_update(p, g, m, v, vmax, t, lr, beta1, beta2, eps, weight_decay, decoupled, amsgrad, gscale):
     # p, g, m, v (P,); vmax (P,) if amsgrad else unused
     # Adam:  g += wd p.   AdamW: p *= 1 - lr wd.
@@ -66,7 +66,7 @@ def adam_update(p, g, m, v, vmax, t, lr, beta1, beta2, eps, weight_decay, decoup
         p[i] = pi - step_size * mi / (np.sqrt(vi) * inv_sqrt_bc2 + eps_)
 
 
-@njit(**JIT)
+@njit(**INLINE)
 def rmsprop_update(p, g, sq, gavg, buf, lr, alpha, eps, weight_decay, momentum, centered, gscale):
     # p, g, sq (P,); gavg (P,) if centered; buf (P,) if momentum > 0
     # g += wd p;  sq = a sq + (1-a) g^2;  avg = sqrt(sq - gavg^2) (centered) or sqrt(sq), + eps
