@@ -233,7 +233,7 @@ OPTIMIZER_ARGS = {
     "sgd": {"lr": _float(0.0), "momentum": _float(0.0), "dampening": _float(0.0, 1.0),
             "weight_decay": _float(0.0), "nesterov": _bool},
     "adam": {"lr": _float(0.0), "betas": _list(_float(0.0, 1.0, hi_open=True), n=2), "eps": _float(0.0),
-             "weight_decay": _float(0.0), "amsgrad": _bool},
+             "weight_decay": _float(0.0), "amsgrad": _bool, "eps_hat": _bool},
     "rmsprop": {"lr": _float(0.0), "alpha": _float(0.0, 1.0), "eps": _float(0.0), "weight_decay": _float(0.0),
                 "momentum": _float(0.0), "centered": _bool},
 }

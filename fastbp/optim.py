@@ -139,14 +139,22 @@ class Adam(Optimizer):
 
     m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;
     p = p - lr/(1 - b1^t) * m / (sqrt(v)/sqrt(1 - b2^t) + eps)   (v -> running max of v if amsgrad)
+
+    ``eps_hat=True`` adds ``eps`` before the bias correction instead, as the paper's epsilon-hat
+    (the formula before its section 2.1), Keras/TensorFlow and scikit-learn do:
+    p = p - lr sqrt(1 - b2^t)/(1 - b1^t) * m / (sqrt(v) + eps). The two differ where sqrt(v)
+    is near eps: early on, eps-hat is larger by 1/sqrt(1 - b2^t) (about 32x at step 1), so a
+    parameter whose gradient is tiny (a weight of an all-zero feature, moved only by weight
+    decay) takes a much smaller step.
     """
     kind = K.ADAM
-    _n_hp = 7
+    _n_hp = 8
     _nonneg_states = (1, 2)   # v, max v
-    _fields = ("lr", "betas", "eps", "weight_decay", "amsgrad")
+    _fields = ("lr", "betas", "eps", "weight_decay", "amsgrad", "eps_hat")
     _decoupled = False
 
-    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, schedule=None):
+    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, schedule=None,
+                 eps_hat=False):
         self.lr = check_float(lr, "lr")
         try:
             b1, b2 = betas
@@ -157,12 +165,13 @@ class Adam(Optimizer):
         self.eps = check_float(eps, "eps")
         self.weight_decay = check_float(weight_decay, "weight_decay")
         self.amsgrad = bool(amsgrad)
+        self.eps_hat = bool(eps_hat)
         super().__init__(schedule)
 
     def _hparams(self):
         hp = self._hp
         hp[0], hp[1], hp[2], hp[3] = self.current_lr, self.betas[0], self.betas[1], self.eps
-        hp[4], hp[5], hp[6] = self.weight_decay, self._decoupled, self.amsgrad
+        hp[4], hp[5], hp[6], hp[7] = self.weight_decay, self._decoupled, self.amsgrad, self.eps_hat
         return hp
 
     def _state_sizes(self, n):
@@ -174,8 +183,9 @@ class AdamW(Adam):
     p = p (1 - lr wd) before the Adam step; default weight_decay 1e-2."""
     _decoupled = True
 
-    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, schedule=None):
-        super().__init__(lr, betas, eps, weight_decay, amsgrad, schedule)
+    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, schedule=None,
+                 eps_hat=False):
+        super().__init__(lr, betas, eps, weight_decay, amsgrad, schedule, eps_hat)
 
 
 class RMSprop(Optimizer):

@@ -25,9 +25,12 @@ SGD's momentum buffer is ``torch.optim.SGD``'s (``b = mu b + g; p -= lr b``); sc
 velocity ``v = mu v - lr g`` is ``-lr b``, and the buffer is rescaled whenever the rate changes
 ('invscaling', 'adaptive'), so SGD takes scikit-learn's steps with every schedule.
 
-Deliberate differences: Adam's epsilon is added to ``sqrt(v_hat)`` rather than
-``sqrt(v)`` (PyTorch's placement; a relative difference of about 1e-5 in the first epochs
-for epsilon=1e-8, vanishing as the bias correction goes to 1); sparse input is densified;
+Adam places epsilon as scikit-learn does (``Adam(eps_hat=True)``: added to ``sqrt(v)`` before
+the bias correction, not to ``sqrt(v_hat)`` as PyTorch). With PyTorch's placement the
+weights of a feature that is zero in every row, which only the L2 term moves, took up to
+30x larger steps early on (digits, 10 epochs: weights 4e-2 apart, loss 0.4 %).
+
+Deliberate differences: sparse input is densified;
 float32 input trains in float32 with every solver (scikit-learn's L-BFGS promotes to
 float64); a step whose loss or gradient is not finite is not applied and the weights
 become NaN, as scikit-learn's would.
@@ -390,7 +393,8 @@ class _BaseMLP(BaseEstimator):
             nesterov = bool(self.nesterovs_momentum) and self.momentum > 0
             opt = SGD(lr=self.learning_rate_init / s, momentum=self.momentum, nesterov=nesterov)
         else:
-            opt = Adam(lr=self.learning_rate_init, betas=(self.beta_1, self.beta_2), eps=self.epsilon * s)
+            opt = Adam(lr=self.learning_rate_init, betas=(self.beta_1, self.beta_2), eps=self.epsilon * s,
+                       eps_hat=True)
         return _Optimizer(opt, self.learning_rate_init, s, self.learning_rate if self.solver == "sgd" else None,
                           self.power_t)
 

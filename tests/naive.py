@@ -230,12 +230,15 @@ def sgd_step(p, g, state, t, lr, momentum=0.0, dampening=0.0, weight_decay=0.0, 
     return p - lr * g, state
 
 
-def adam_step(p, g, state, t, lr, beta1, beta2, eps, weight_decay=0.0, decoupled=False, amsgrad=False):
+def adam_step(p, g, state, t, lr, beta1, beta2, eps, weight_decay=0.0, decoupled=False, amsgrad=False,
+              eps_hat=False):
     """torch.optim.Adam (decoupled=False) / torch.optim.AdamW (decoupled=True):
         Adam: g = g + wd p            AdamW: p = p - lr wd p
         m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;  mhat = m / (1 - b1^t)
         amsgrad: vmax = max(vmax, v), vhat = vmax / (1 - b2^t)   else vhat = v / (1 - b2^t)
         p = p - lr mhat / (sqrt(vhat) + eps)
+    eps_hat: scikit-learn's AdamOptimizer (and Keras'), written as they write it:
+        lr_t = lr sqrt(1 - b2^t) / (1 - b1^t);  p = p - lr_t m / (sqrt(vmax or v) + eps)
     """
     p, g = f64(p), f64(g)
     state = dict(state)
@@ -250,9 +253,11 @@ def adam_step(p, g, state, t, lr, beta1, beta2, eps, weight_decay=0.0, decoupled
     if amsgrad:
         vmax = np.maximum(f64(state["vmax"]), v)
         state["vmax"] = vmax
-        vhat = vmax / (1.0 - beta2 ** t)
-    else:
-        vhat = v / (1.0 - beta2 ** t)
+    vv = vmax if amsgrad else v
+    if eps_hat:
+        lr_t = lr * np.sqrt(1.0 - beta2 ** t) / (1.0 - beta1 ** t)
+        return p - lr_t * m / (np.sqrt(vv) + eps), state
+    vhat = vv / (1.0 - beta2 ** t)
     return p - lr * mhat / (np.sqrt(vhat) + eps), state
 
 

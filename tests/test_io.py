@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import fastbp as fb
+from fastbp.optim import from_config
 
 rng0 = np.random.default_rng(7)
 X = rng0.standard_normal((24, 3))
@@ -17,6 +18,7 @@ OPTIMIZERS = {
     "none": lambda: None,
     "adam": lambda: fb.Adam(lr=1e-2, betas=(0.8, 0.99), eps=1e-7, weight_decay=1e-3),
     "adamw-amsgrad": lambda: fb.AdamW(lr=1e-2, amsgrad=True),
+    "adam-epshat": lambda: fb.Adam(lr=1e-2, eps=1e-3, eps_hat=True),
     "sgd": lambda: fb.SGD(lr=0.05),
     "sgd-nesterov": lambda: fb.SGD(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-4),
     "rmsprop-centered": lambda: fb.RMSprop(lr=1e-3, centered=True, momentum=0.5),
@@ -62,6 +64,15 @@ def test_round_trip_is_exact(tmp_path, dtype, opt):
     for a, b in zip(back.optimizer.state_arrays(), net.optimizer.state_arrays(), strict=True):
         assert a.dtype == b.dtype and a.tobytes() == b.tobytes()
     assert back.optimizer._owner() is back
+
+
+def test_optimizer_config_from_before_eps_hat_loads_with_torchs_placement():
+    # files saved before Adam had eps_hat hold no such key: they trained with eps_hat=False
+    cfg = fb.Adam(lr=1e-2, eps=1e-7).get_config()
+    assert cfg.pop("eps_hat") is False
+    back = from_config(cfg)
+    assert type(back) is fb.Adam and back.eps_hat is False and back.eps == 1e-7
+    assert from_config(fb.AdamW(eps_hat=True).get_config()).eps_hat is True
 
 
 @pytest.mark.parametrize("output,loss,k", [("identity", "huber", 2), ("sigmoid", "binary_cross_entropy", 2),

@@ -628,7 +628,11 @@ OPTIMIZERS = [
     pytest.param(lambda: fb.Adam(lr=0.05, amsgrad=True), id="adam-amsgrad"),
     pytest.param(lambda: fb.Adam(lr=0.05, betas=(0.8, 0.99), eps=1e-3, weight_decay=0.1, amsgrad=True),
                  id="adam-amsgrad-wd-betas-eps"),
+    pytest.param(lambda: fb.Adam(lr=0.05, eps=1e-2, eps_hat=True), id="adam-epshat"),
+    pytest.param(lambda: fb.Adam(lr=0.05, eps=1e-2, weight_decay=0.1, amsgrad=True, eps_hat=True),
+                 id="adam-epshat-amsgrad-wd"),
     pytest.param(lambda: fb.AdamW(lr=0.05), id="adamw"),
+    pytest.param(lambda: fb.AdamW(lr=0.05, eps=1e-2, eps_hat=True), id="adamw-epshat"),
     pytest.param(lambda: fb.AdamW(lr=0.05, weight_decay=0.3, amsgrad=True), id="adamw-amsgrad"),
     pytest.param(lambda: fb.AdamW(lr=0.05, weight_decay=0.0), id="adamw-wd0"),
     pytest.param(lambda: fb.RMSprop(lr=0.01), id="rmsprop"),
@@ -648,7 +652,7 @@ def twin_of(opt):
     if isinstance(opt, fb.Adam):
         return (lambda p, g, st, t: naive.adam_step(p, g, st, t, opt.lr, opt.betas[0], opt.betas[1], opt.eps,
                                                     opt.weight_decay, isinstance(opt, fb.AdamW),
-                                                    opt.amsgrad)), ("m", "v", "vmax")
+                                                    opt.amsgrad, opt.eps_hat)), ("m", "v", "vmax")
     return (lambda p, g, st, t: naive.rmsprop_step(p, g, st, t, opt.lr, opt.alpha, opt.eps, opt.weight_decay,
                                                    opt.momentum, opt.centered)), ("sq", "gavg", "buf")
 

@@ -88,9 +88,9 @@ class Loss(_KernelPair):
 OPTIMIZERS = {
     "sgd": ("sgd_update", dict(lr=1e-2, momentum=0.9, dampening=0.0, weight_decay=0.0, nesterov=False)),
     "adam": ("adam_update", dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
-                                 decoupled=False, amsgrad=False)),
+                                 decoupled=False, amsgrad=False, eps_hat=False)),
     "adamw": ("adam_update", dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=1e-2,
-                                  decoupled=True, amsgrad=False)),
+                                  decoupled=True, amsgrad=False, eps_hat=False)),
     "rmsprop": ("rmsprop_update", dict(lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
                                        centered=False)),
 }

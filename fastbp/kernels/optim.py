@@ -39,15 +39,18 @@ def sgd_update(p, g, buf, t, lr, momentum, dampening, weight_decay, nesterov, gs
 
 
 @njit(**INLINE)
-def adam_update(p, g, m, v, vmax, t, lr, beta1, beta2, eps, weight_decay, decoupled, amsgrad, gscale):
+def adam_update(p, g, m, v, vmax, t, lr, beta1, beta2, eps, weight_decay, decoupled, amsgrad, eps_hat, gscale):
     # p, g, m, v (P,); vmax (P,) if amsgrad else unused
     # Adam:  g += wd p.   AdamW: p *= 1 - lr wd.
     # m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;  vhat = max(vmax, v) if amsgrad else v
-    # p -= lr / (1 - b1^t) * m / (sqrt(vhat) / sqrt(1 - b2^t) + eps)
+    # p -= lr / (1 - b1^t) * m / (sqrt(vhat) / sqrt(1 - b2^t) + eps)          (torch.optim)
+    # eps_hat: eps is the paper's epsilon-hat, added before the bias correction (Keras, scikit-learn):
+    # p -= lr sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(vhat) + eps), i.e. the above with eps / sqrt(1 - b2^t)
     b1, c1, b2, c2 = like(beta1, p), like(1.0 - beta1, p), like(beta2, p), like(1.0 - beta2, p)
     step_size = like(lr / (1.0 - beta1 ** t), p)
-    inv_sqrt_bc2 = like(1.0 / np.sqrt(1.0 - beta2 ** t), p)
-    eps_, wd, decay = like(eps, p), like(weight_decay, p), like(1.0 - lr * weight_decay, p)
+    isb = 1.0 / np.sqrt(1.0 - beta2 ** t)
+    inv_sqrt_bc2 = like(isb, p)
+    eps_, wd, decay = like(eps * isb if eps_hat else eps, p), like(weight_decay, p), like(1.0 - lr * weight_decay, p)
     gs = like(gscale, p)
     for i in range(p.shape[0]):
         pi = p[i]
@@ -102,7 +105,7 @@ def _optimizer_update_in(kset, kind, p, g, s1, s2, s3, hp, t, gscale):
             sgd_update(p, g, s1, t, hp[0], hp[1], hp[2], hp[3], hp[4] != 0.0, gscale)
         elif adam and kind == ADAM:
             adam_update(p, g, s1, s2, s3, t, hp[0], hp[1], hp[2], hp[3], hp[4], hp[5] != 0.0, hp[6] != 0.0,
-                        gscale)
+                        hp[7] != 0.0, gscale)
         elif rmsprop and kind == RMSPROP:
             rmsprop_update(p, g, s1, s2, s3, hp[0], hp[1], hp[2], hp[3], hp[4], hp[5] != 0.0, gscale)
     return impl
