@@ -281,6 +281,23 @@ def test_pickle_round_trip(solver):
         assert loaded.t_ == est.t_
 
 
+def test_estimator_pickled_before_eps_hat_continues_with_sklearns_adam():
+    # a pickle from before Adam had eps_hat holds an optimizer config without the key; the
+    # estimator's Adam is scikit-learn's, so partial_fit goes on with scikit-learn's steps
+    X, y = _blobs(k=3)
+    X[:, 0] = 0.0
+    a, b = _fit_both(sk_nn.MLPClassifier, MLPClassifier, X, y, hidden_layer_sizes=(7,), max_iter=5)
+    cfg, step, arrays = b._optimizer.__getstate__()["_opt"]
+    del cfg["eps_hat"]
+    b = pickle.loads(pickle.dumps(b))
+    b._optimizer.__setstate__(dict(b._optimizer.__getstate__(), _opt=(cfg, step, arrays)))
+    assert b._optimizer.opt.eps_hat
+    for _ in range(3):
+        a.partial_fit(X, y)
+        b.partial_fit(X, y)
+    _assert_same_model(a, b, rtol=1e-7)
+
+
 @pytest.mark.parametrize("Est", [MLPClassifier, MLPRegressor])
 @pytest.mark.parametrize("solver", ["adam", "sgd", "lbfgs"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
