@@ -101,6 +101,8 @@ import json, re, numpy as np
 from numba.core import event
 seen = set()   # every function whose bytecode Numba translated: compiled, or inlined into a caller
 
+dispatchers = []   # the kernel dispatchers compiled (activation_forward_in's implementation, ...)
+
 class Seen(event.Listener):
     def on_start(self, ev):
         m = re.fullmatch(r"translate_bytecode \[(.+)\]", ev.data["name"])
@@ -110,7 +112,17 @@ class Seen(event.Listener):
     def on_end(self, ev):
         pass
 
+class Compiled(event.Listener):
+    def on_start(self, ev):
+        name = ev.data["dispatcher"].py_func.__qualname__
+        if name.endswith("_in.<locals>.impl"):
+            dispatchers.append(name.split(".")[0])
+
+    def on_end(self, ev):
+        pass
+
 event.register("numba:run_pass", Seen())
+event.register("numba:compile", Compiled())
 import fastbp as fb
 from fastbp.kernels import activations, losses, optim, norm, dropout
 rng = np.random.default_rng(0)
@@ -120,7 +132,7 @@ net.fit(X, y, epochs=1, batch_size=16, optimizer="adam", verbose=0)
 net.evaluate(X, y); net.predict(X)
 kernels = {name for mod in (activations, losses, optim, norm, dropout) for name in vars(mod)
            if name.endswith(("_forward", "_backward", "_update"))}
-print(json.dumps(sorted(seen & kernels)))
+print(json.dumps([sorted(seen & kernels), sorted(dispatchers)]))
 """
 
 
@@ -130,7 +142,11 @@ def test_a_network_compiles_only_its_kernels(tmp_path):
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
     out = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
-    compiled = json.loads(out.stdout.strip().splitlines()[-1])
+    compiled, dispatchers = json.loads(out.stdout.strip().splitlines()[-1])
     # output_forward (the output function alone, for predict) has every output in one loop
     assert compiled == ["adam_update", "output_forward", "relu_backward", "relu_forward",
                         "softmax_xent_backward", "softmax_xent_forward"]
+    # evaluate and predict use the training kernel set, so each dispatcher compiles once
+    assert dispatchers == ["_activation_backward_in", "_activation_forward_in", "_dropout_backward_in",
+                           "_dropout_forward_in", "_loss_backward_in", "_loss_forward_in", "_norm_backward_in",
+                           "_norm_forward_in", "_norm_update_running_in", "_optimizer_update_in"]
