@@ -296,11 +296,11 @@ def _activation_backward_in(kset, code, dZ, db, dA, A, Z, alpha):
     return impl
 
 
-@njit(**INLINE)
+@njit(**JIT)
 def activation_forward(code, A, Z, b, alpha):
     activation_forward_in(ALL, code, A, Z, b, alpha)
 
 
-@njit(**INLINE)
+@njit(**JIT)
 def activation_backward(code, dZ, db, dA, A, Z, alpha):
     activation_backward_in(ALL, code, dZ, db, dA, A, Z, alpha)

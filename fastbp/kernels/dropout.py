@@ -9,7 +9,7 @@ import numpy as np
 from numba import njit
 from numba.extending import overload
 
-from .._config import JIT, OVERLOAD_JIT
+from .._config import INLINE, JIT, OVERLOAD_JIT
 from ._util import in_place
 from .kset import DROPOUT_BIT, has
 
@@ -29,7 +29,7 @@ def uniform01(counter):
     return np.float64(z >> np.uint64(11)) * _INV53
 
 
-@njit(**JIT)
+@njit(**INLINE)
 def dropout_forward(D, M, A, p, rng):
     # A, D, M (n, k); p drop probability in [0, 1); rng uint64 (1,)
     # M = [u >= p] / (1 - p),  D = A * M
@@ -45,7 +45,7 @@ def dropout_forward(D, M, A, p, rng):
     rng[0] = base + np.uint64(n * k)
 
 
-@njit(**JIT)
+@njit(**INLINE)
 def dropout_backward(dA, dD, M):
     # dA = dD * M   (inverts D = A * M with the mask saved by the forward pass); dA may be dD
     n, k = in_place(dA, dD)

@@ -24,7 +24,7 @@ import numpy as np
 from numba import njit
 from numba.extending import overload
 
-from .._config import JIT, OVERLOAD_JIT
+from .._config import INLINE, JIT, OVERLOAD_JIT
 from .kset import ALL, NORM_BIT, has
 
 NO_NORM, BATCH_NORM, LAYER_NORM = range(3)
@@ -32,7 +32,7 @@ NORMS = {None: NO_NORM, "none": NO_NORM, "batch": BATCH_NORM, "layer": LAYER_NOR
 
 
 # ---- batch norm -----------------------------------------------------------------------------
-@njit(**JIT)
+@njit(**INLINE)
 def batchnorm_forward(Z, XH, mu, rstd, b, gamma, run_mean, run_var, eps, training):
     # Z, XH (n, k); mu (2k,): training writes the batch mean to mu[:k] and its (biased) variance
     # to mu[k:2k]; rstd, b, gamma, run_mean, run_var (k,). The running statistics are only read.
@@ -65,7 +65,7 @@ def batchnorm_forward(Z, XH, mu, rstd, b, gamma, run_mean, run_var, eps, trainin
             Z[i, j] = gamma[j] * xh
 
 
-@njit(**JIT)
+@njit(**INLINE)
 def batchnorm_update_running(mu, run_mean, run_var, momentum, n):
     # mu (2k,): a training forward's batch mean and biased variance over n rows; run_mean, run_var (k,)
     # run = (1 - momentum) run + momentum stat, with the unbiased variance (torch); a 1-row batch
@@ -78,7 +78,7 @@ def batchnorm_update_running(mu, run_mean, run_var, momentum, n):
         run_var[j] = (1.0 - momentum) * run_var[j] + momentum * mu[k + j] * n / (n - 1)
 
 
-@njit(**JIT)
+@njit(**INLINE)
 def batchnorm_backward(dY, db, dgamma, XH, gamma, rstd):
     # dY (n, k) in place -> dZ;  db, dgamma, gamma, rstd (k,).  Inverts Y = gamma (Z + b - mu) rstd
     # with batch mu, rstd:  dZ = gamma rstd (dY - sum_i dY / n - xhat sum_i dY xhat / n)
@@ -105,7 +105,7 @@ def batchnorm_backward(dY, db, dgamma, XH, gamma, rstd):
 
 
 # ---- layer norm -----------------------------------------------------------------------------
-@njit(**JIT)
+@njit(**INLINE)
 def layernorm_forward(Z, XH, mu, rstd, b, gamma, eps):
     # Z, XH (n, k); mu, rstd (n,); b, gamma (k,)
     n, k = Z.shape
@@ -127,7 +127,7 @@ def layernorm_forward(Z, XH, mu, rstd, b, gamma, eps):
             Z[i, j] = gamma[j] * xh
 
 
-@njit(**JIT)
+@njit(**INLINE)
 def layernorm_backward(dY, db, dgamma, XH, gamma, rstd):
     # dY (n, k) in place -> dZ;  rstd (n,).  Inverts Y = gamma (Z + b - mu_row) rstd_row:
     # g = gamma dY;  dZ = rstd (g - mean_j g - xhat mean_j (g xhat))
