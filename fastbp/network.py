@@ -261,6 +261,7 @@ class Network:
         self._split_seed = split_ss
         self._rng = np.array([drop_ss.generate_state(1, np.uint64)[0]], np.uint64)
         self.optimizer = None
+        self._trained_opt_kind = None   # the optimizer of the last training step (see _kernels)
         self.history = None
         self.stop_training = False
         self._init_weights(np.random.default_rng(init_ss))
@@ -397,7 +398,11 @@ class Network:
     def _kernels(self, opt_kind=None, training=False):
         """The KernelSet the compiled drivers get (kernels/kset.py): this network's activations,
         loss pair and norms, and when training its dropout and the optimizer ``opt_kind``. A
-        driver is compiled once per set, with only those kernels in it."""
+        driver is compiled once per set, with only those kernels in it. Every training path
+        (fit, train_step, the scikit-learn estimators) gets its set here, and the optimizer
+        is remembered for evaluation (``_eval_kernels``)."""
+        if training and opt_kind is not None:
+            self._trained_opt_kind = opt_kind
         return kernel_set(self._act_codes, self._loss_code, opt_kind, self._norm_codes,
                           training and any(p > 0.0 for p in self.dropout))
 
@@ -407,8 +412,8 @@ class Network:
         the network's activations, loss and norms serves; the training set's dispatchers are
         already compiled when a fit validates or is followed by evaluate/predict (a cold fit +
         evaluate + predict took ~6 % less than with a set of its own)."""
-        opt = self.optimizer
-        return self._kernels(opt.kind, True) if opt is not None else self._kernels()
+        kind = self._trained_opt_kind
+        return self._kernels(kind, True) if kind is not None else self._kernels()
 
     def _kernel_optimizer(self, optimizer):
         opt = get_optimizer(optimizer if optimizer is not None else (self.optimizer or "adam"))

@@ -18,6 +18,7 @@ from fastbp.kernels.activations import RELU, TANH
 from fastbp.kernels.losses import IDENTITY_MSE, SOFTMAX_CE
 from fastbp.kernels.norm import BATCH_NORM, NO_NORM
 from fastbp.kernels.optim import ADAM, SGD
+from fastbp.sklearn import MLPClassifier
 
 
 @pytest.fixture(autouse=True)
@@ -150,3 +151,18 @@ def test_a_network_compiles_only_its_kernels(tmp_path):
     assert dispatchers == ["_activation_backward_in", "_activation_forward_in", "_dropout_backward_in",
                            "_dropout_forward_in", "_loss_backward_in", "_loss_forward_in", "_norm_backward_in",
                            "_norm_forward_in", "_norm_update_running_in", "_optimizer_update_in"]
+
+
+def test_evaluation_uses_the_kernel_set_training_compiled():
+    # evaluate/predict take the set of the optimizer last trained with, whichever path trained
+    # (fit, train_step, the scikit-learn estimators, which do not set net.optimizer)
+    X = np.random.default_rng(0).standard_normal((30, 4))
+    y = np.arange(30) % 3
+    net = fb.Network([4, 5, 3], dropout=0.2, seed=0)
+    assert net._eval_kernels() == net._kernels()
+    net.train_step(X, y, optimizer=fb.SGD(0.1))
+    assert net._eval_kernels() == net._kernels(SGD, True) != net._kernels()
+    net.fit(X, y, epochs=1, optimizer="adam", verbose=0)
+    assert net._eval_kernels() == net._kernels(ADAM, True)
+    est = MLPClassifier(hidden_layer_sizes=(5,), max_iter=2, random_state=0).fit(X, y)
+    assert est._net.optimizer is None and est._net._eval_kernels() == est._net._kernels(ADAM, True)
