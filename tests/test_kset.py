@@ -100,9 +100,8 @@ def test_specialised_driver_matches_all_kernels(cfg, rng, monkeypatch):
 _PROBE = r"""
 import json, re, numpy as np
 from numba.core import event
-seen = set()   # every function whose bytecode Numba translated: compiled, or inlined into a caller
-
-dispatchers = []   # the kernel dispatchers compiled (activation_forward_in's implementation, ...)
+seen = set()       # every function whose bytecode Numba translated: compiled, or inlined into a caller
+dispatchers = []   # each compile of a kernel dispatcher (activation_forward_in's implementation, ...)
 
 class Seen(event.Listener):
     def on_start(self, ev):
