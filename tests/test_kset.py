@@ -11,6 +11,7 @@ import sys
 
 import numpy as np
 import pytest
+from sklearn.exceptions import ConvergenceWarning
 
 import fastbp as fb
 from fastbp.kernels import kset as KS
@@ -163,5 +164,6 @@ def test_evaluation_uses_the_kernel_set_training_compiled():
     assert net._eval_kernels() == net._kernels(SGD, True) != net._kernels()
     net.fit(X, y, epochs=1, optimizer="adam", verbose=0)
     assert net._eval_kernels() == net._kernels(ADAM, True)
-    est = MLPClassifier(hidden_layer_sizes=(5,), max_iter=2, random_state=0).fit(X, y)
+    with pytest.warns(ConvergenceWarning):
+        est = MLPClassifier(hidden_layer_sizes=(5,), max_iter=2, random_state=0).fit(X, y)
     assert est._net.optimizer is None and est._net._eval_kernels() == est._net._kernels(ADAM, True)
