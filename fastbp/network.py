@@ -261,7 +261,7 @@ class Network:
         self._split_seed = split_ss
         self._rng = np.array([drop_ss.generate_state(1, np.uint64)[0]], np.uint64)
         self.optimizer = None
-        self._trained_opt_kind = None   # the optimizer of the last training step (see _kernels)
+        self._trained_opt_kind = None   # the optimizer of the last training step (see _training_kernels)
         self.history = None
         self.stop_training = False
         self._init_weights(np.random.default_rng(init_ss))
@@ -398,13 +398,16 @@ class Network:
     def _kernels(self, opt_kind=None, training=False):
         """The KernelSet the compiled drivers get (kernels/kset.py): this network's activations,
         loss pair and norms, and when training its dropout and the optimizer ``opt_kind``. A
-        driver is compiled once per set, with only those kernels in it. Every training path
-        (fit, train_step, the scikit-learn estimators) gets its set here, and the optimizer
-        is remembered for evaluation (``_eval_kernels``)."""
-        if training and opt_kind is not None:
-            self._trained_opt_kind = opt_kind
+        driver is compiled once per set, with only those kernels in it."""
         return kernel_set(self._act_codes, self._loss_code, opt_kind, self._norm_codes,
                           training and any(p > 0.0 for p in self.dropout))
+
+    def _training_kernels(self, opt_kind):
+        """The KernelSet of a training step with optimizer ``opt_kind``. Every training path
+        (fit, train_step, the scikit-learn estimators) gets its set here, which remembers the
+        optimizer for evaluation (``_eval_kernels``)."""
+        self._trained_opt_kind = opt_kind
+        return self._kernels(opt_kind, True)
 
     def _eval_kernels(self):
         """The KernelSet of evaluate and predict: the training set of the optimizer this network
@@ -440,7 +443,7 @@ class Network:
         n = X.shape[0]
         self._ctl[:] = (0.0, 0.0, self._l2)
         with self._borrow(n) as (ws, layout, fpar, meta):
-            loss, _, status = K.train_batch(self._kernels(opt.kind, True), self.params, self.grads, self.norm_state, ws, layout, fpar,
+            loss, _, status = K.train_batch(self._training_kernels(opt.kind), self.params, self.grads, self.norm_state, ws, layout, fpar,
                                          meta, self._rng, X, T, labels, use_labels, sw, n, opt.kind, s1, s2, s3,
                                          opt._hparams(), opt._step, self._ctl, self._tstats, self._no_pprev)
         if status != K.OK:
@@ -608,7 +611,7 @@ class Network:
                 progress.start(epoch)
                 t0 = time.perf_counter()
                 bi = 0
-                kset = self._kernels(opt.kind, True)
+                kset = self._training_kernels(opt.kind)
                 while bi < n_batches and not interrupted.flag:
                     b1 = min(n_batches, bi + (1 if per_batch else chunk))
                     tc = time.perf_counter()

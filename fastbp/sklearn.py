@@ -654,7 +654,7 @@ class _Epoch:
         net._ctl[:] = (0.0, 0.0, net._l2)
         with net._borrow(self.batch_size) as (ws, layout, fpar, meta):
             done, status = K.train_epoch(
-                net._kernels(opt.kind, True), net.params, net.grads, net.norm_state, ws, layout, fpar, meta, net._rng, self.X,
+                net._training_kernels(opt.kind), net.params, net.grads, net.norm_state, ws, layout, fpar, meta, net._rng, self.X,
                 self.T, self.labels, self.use_labels, self.sw, perm, bool(shuffle), self.batch_size, 0, self.n_batches,
                 opt.kind, s1, s2, s3, opt._hparams(), opt._step, self.Xb, self.Tb, self.Lb, self.Wb, self.stats, net._ctl,
                 net._tstats, net._no_pprev)
