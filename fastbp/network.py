@@ -27,6 +27,7 @@ from .kernels.activations import ACTIVATIONS, ALIASES, DEFAULT_ALPHA, RELU_LIKE
 from .kernels.losses import DEFAULT_LOSS, PAIRS, SIGMOID_BCE, SOFTMAX_CE
 from .kernels.kset import kernel_set
 from .kernels.norm import NO_NORM, NORMS
+from .names import history_keys
 from .optim import Optimizer, from_config, get_optimizer
 from .schedules import Schedule, check_rates, check_schedule
 
@@ -551,12 +552,7 @@ class Network:
             schedule = opt.schedule
         if schedule is not None:
             check_rates(schedule, opt.lr, initial_epoch, epochs, self.dtype)
-        keys = ["loss"] + (["accuracy"] if self.is_classifier else []) + ["lr"]
-        if val is not None:
-            keys += ["val_loss"] + (["val_accuracy"] if self.is_classifier else [])
-        if track_gradients:
-            for l in range(len(self.layer_sizes) - 1):
-                keys += [f"grad_norm_{l}", f"update_ratio_{l}"]
+        keys = history_keys(self.is_classifier, len(self.layer_sizes) - 1, val is not None, track_gradients)
         for obj in callbacks + ([schedule] if schedule is not None else []):
             for m in obj.monitors():
                 if m not in keys:
