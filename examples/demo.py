@@ -1,7 +1,8 @@
 """The `make demo` job: train a classifier on data made here, report loss, accuracy, speed.
 
 The data: 70,000 samples of 16 Gaussian features, labelled 0-9 by a fixed random
-"teacher" network (so the task is learnable but not linear); 60,000 train, 10,000 test.
+"teacher" network (``fastbp.datasets.make_teacher``: the task is learnable but not linear);
+60,000 train, 10,000 test.
 The student is 16-128-64-10, relu, softmax + cross-entropy, Adam(lr=1e-3), batch 32.
 """
 
@@ -11,15 +12,7 @@ import time
 import numpy as np
 
 import fastbp as fb
-
-
-def make_teacher_data(n, d=16, k=10, seed=0):
-    rng = np.random.default_rng(seed)
-    X = rng.standard_normal((n, d)).astype(np.float32)
-    W1 = rng.standard_normal((d, 32)) / np.sqrt(d)
-    W2 = rng.standard_normal((32, k)) / np.sqrt(32)
-    y = (np.tanh(X @ W1) @ W2).argmax(axis=1)
-    return X, y
+from fastbp.datasets import make_teacher
 
 
 def main(argv=None):
@@ -30,7 +23,7 @@ def main(argv=None):
     if args.threads:
         fb.set_num_threads(args.threads)
 
-    X, y = make_teacher_data(70_000)
+    X, y = make_teacher(70_000, 16, 10)
     Xtr, ytr, Xte, yte = X[:60_000], y[:60_000], X[60_000:], y[60_000:]
     print(f"fastbp {fb.__version__}: {Xtr.shape[0]:,} training samples, {Xte.shape[0]:,} test samples, "
           f"{fb.get_num_threads()} thread(s), BLAS: {fb.BLAS_INFO['provider']}")

@@ -18,21 +18,11 @@ import time
 import numpy as np
 
 import fastbp as fb
+from fastbp.datasets import make_spirals
 
 # cumulative epochs at which a snapshot is taken
 STAGES = (1, 10, 20, 25, 30, 60)
 QUICK_STAGES = (1, 2)
-
-
-def make_spirals(n_per_class, turns=2.0, noise=0.03, seed=0):
-    """X (2n, 2) float32 in about [-1, 1]^2, y (2n,) int64: class 1 is class 0 turned by 180°."""
-    rng = np.random.default_rng(seed)
-    r = np.sqrt(rng.uniform(0.0025, 1, n_per_class))        # sqrt: even density along the arm
-    theta = 2 * np.pi * turns * r
-    arm = np.c_[r * np.cos(theta), r * np.sin(theta)]
-    X = np.r_[arm, -arm] + rng.normal(0, noise, (2 * n_per_class, 2))
-    y = np.r_[np.zeros(n_per_class, np.int64), np.ones(n_per_class, np.int64)]
-    return X.astype(np.float32), y
 
 
 def grid(lim=1.15, n=150):
@@ -75,8 +65,8 @@ def main(argv=None):
 
     n = 100 if args.quick else 500
     stages = QUICK_STAGES if args.quick else STAGES
-    X, y = make_spirals(n, seed=0)
-    Xte, yte = make_spirals(n, seed=1)
+    X, y = make_spirals(2 * n, seed=0)           # n points per class
+    Xte, yte = make_spirals(2 * n, seed=1)
     gx, gy, G = grid(n=40 if args.quick else 150)
     print(f"two spirals: {len(X)} training points, {len(Xte)} test points; snapshots after {list(stages)} epochs")
 

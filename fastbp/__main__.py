@@ -1,4 +1,4 @@
-"""``python -m fastbp``: the fastbp command line (see fastbp/cli.py)."""
+"""``python -m fastbp``: the fastbp command line (see fastbp/cli/)."""
 
 import sys
 

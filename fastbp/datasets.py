@@ -1,4 +1,5 @@
-"""Real data for fastbp: IDX (MNIST, Fashion-MNIST), CSV and NPZ readers, and a cached download.
+"""Data for fastbp: IDX (MNIST, Fashion-MNIST), CSV and NPZ readers, a cached download, and the
+seeded synthetic sets ``make_spirals``, ``make_xor`` and ``make_teacher`` (from ``fastbp._synthetic``).
 
 NumPy and the standard library only. Every damaged or inconsistent file raises
 :class:`fastbp.DataFileError` (a ``ValueError``) naming the file and the problem; a missing
@@ -25,6 +26,7 @@ import zlib
 
 import numpy as np
 
+from ._synthetic import make_spirals, make_teacher, make_xor
 from .errors import DataFileError, InputError
 
 MNIST_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/"
@@ -531,3 +533,8 @@ def fetch_mnist(folder=None, fashion=False):
     for name, digest in sums.items():
         fetch(base + name, folder, sha256=digest)
     return folder
+
+
+__all__ = ["get_data_home", "read_idx", "mnist_help", "load_mnist", "load_fashion_mnist", "load_csv", "load_npz",
+           "fetch", "fetch_mnist", "make_spirals", "make_xor", "make_teacher", "MNIST_URL", "FASHION_MNIST_URL",
+           "IDX_DTYPES"]

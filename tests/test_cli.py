@@ -1,6 +1,7 @@
-"""The fastbp command line (fastbp/cli.py): every command on tiny configs, mostly in-process
-through ``cli.main``; the entry point itself once in a subprocess."""
+"""The fastbp command line (the fastbp/cli/ package): every command on tiny configs, mostly
+in-process through ``cli.main``; the entry points themselves in subprocesses."""
 
+import ast
 import csv
 import importlib.util
 import json
@@ -96,6 +97,12 @@ def test_module_entry_point_help_and_train(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "trained 4 epochs" in proc.stdout and "test_accuracy" in proc.stdout
     assert (tmp_path / "run" / "model.npz").is_file()
+
+
+def test_python_m_fastbp_cli_is_the_same_command():
+    proc = subprocess.run([sys.executable, "-m", "fastbp.cli", "--version"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and f"fastbp {fb.__version__}" in proc.stdout, proc.stderr
 
 
 @pytest.mark.parametrize("command", ["train", "sweep", "info", "bench"])
@@ -282,6 +289,58 @@ def test_config_errors_in_files_and_overrides(tmp_path, capsys):
     assert "training.early_stopping.monitor" in capsys.readouterr().err
 
 
+def test_monitors_are_the_keys_fit_records(tmp_path, capsys):
+    """With track_gradients, fit records grad_norm_<l> and update_ratio_<l> (fastbp.names.history_keys),
+    so early stopping and checkpoints may watch them; without it the CLI refuses them up front."""
+    cfg = write(tmp_path, TINY + """
+track_gradients = true
+
+[training.early_stopping]
+monitor = "grad_norm_0"
+patience = 50
+
+[training.checkpoint]
+monitor = "update_ratio_1"
+""")
+    assert cli.main(["train", cfg, "--out", str(tmp_path / "run"), "--set", "output.plot=false"]) == 0
+    report = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert report["status"] == "ok" and len(report["history"]["grad_norm_0"]) == 4
+    assert (tmp_path / "run" / "checkpoint.npz").is_file()
+    capsys.readouterr()
+    assert cli.main(["train", cfg, "--dry-run", "--set", "training.track_gradients=false"]) == 2
+    err = capsys.readouterr().err
+    assert f"{cfg}: training.early_stopping.monitor: \"grad_norm_0\" is not recorded by this run" in err
+    assert "it records loss, accuracy, lr, val_loss, val_accuracy" in err
+
+
+def test_every_optimizer_and_its_arguments_are_checked(tmp_path, capsys):
+    """The [optimizer] schema follows fastbp.optim's table: every optimizer, every argument of its
+    constructor with a checker of its own (so a wrong type names the key before anything trains)."""
+    from fastbp import names
+    from fastbp.cli import checks, schema
+    assert set(schema.OPTIMIZER_ARGS) == set(names.OPTIMIZERS)
+    for name, args in schema.OPTIMIZER_ARGS.items():
+        assert args and all(check is not checks.anything for check in args.values()), name
+        cfg = write(tmp_path, TINY.replace('name = "adam"', f'name = "{name}"'))
+        assert cli.main(["train", cfg, "--dry-run"]) == 0, capsys.readouterr().err
+        assert cli.main(["train", cfg, "--set", "optimizer.lr=true"]) == 2
+        assert f"{cfg}: optimizer.lr: expected a number, got true (a boolean)" in capsys.readouterr().err
+
+
+def test_cli_imports_nothing_from_the_kernels():
+    """The CLI stands on Network and the public tables (fastbp.names), never on fastbp.kernels."""
+    package = pathlib.Path(cli.__file__).parent
+    for path in package.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                mods = [node.module or ""] + [f"{node.module or ''}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                mods = [a.name for a in node.names]
+            else:
+                continue
+            assert not any("kernels" in m.split(".") for m in mods), (path.name, mods)
+
+
 def test_library_input_error_is_one_clean_line(tmp_path, capsys):
     X = np.zeros((20, 3))
     X[4, 1] = np.nan
@@ -319,6 +378,7 @@ def test_data_kinds_mnist_npz_xor_teacher(tmp_path, capsys):
     np.savez(tmp_path / "va.npz", X=rng.normal(size=(10, 3)), y=rng.normal(size=(10, 2)))
     for data, expect in [('kind = "npz"\npath = "tr.npz"\nval_path = "va.npz"', "Network([3, 4, 2]"),
                          ('kind = "xor"\nn_samples = 64', "Network([2, 4, 2]"),
+                         ('kind = "spirals"\nn_samples = 201', "Network([2, 4, 2]"),   # odd: 100 + 101 points
                          ('kind = "teacher"\nworkload = "regress"\nquick = true', "Network([8, 4, 1]")]:
         cfg = write(tmp_path, f"[data]\n{data}\n[model]\nhidden = [4]\n")
         assert cli.main(["train", cfg, "--dry-run"]) == 0

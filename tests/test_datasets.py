@@ -7,6 +7,7 @@ import hashlib
 import importlib.util
 import os
 import pathlib
+import re
 import struct
 import subprocess
 import sys
@@ -483,6 +484,83 @@ def test_fetch_mnist_asks_for_the_four_files_with_checksums(tmp_path, monkeypatc
                                      + [datasets.FASHION_MNIST_URL + n for n in names])
     assert [c[1] for c in calls] == [str(tmp_path / "mnist")] * 4 + [str(tmp_path / "f")] * 4
     assert len({c[2] for c in calls}) == 8 and all(len(c[2]) == 64 and int(c[2], 16) for c in calls)
+
+
+# ---- synthetic data: make_spirals, make_xor, make_teacher ---------------------------------------------
+@pytest.mark.parametrize("n", [2, 7, 200])
+def test_make_spirals_two_arms_turned_by_half_a_turn(n):
+    X, y = datasets.make_spirals(n, noise=0.0, seed=3)
+    assert X.shape == (n, 2) and X.dtype == np.float32 and y.dtype == np.int64
+    assert y.tolist() == [0] * (n // 2) + [1] * (n - n // 2)
+    n0 = n // 2
+    np.testing.assert_array_equal(X[n0:2 * n0], -X[:n0])          # class 1 is class 0 turned by 180 degrees
+    r = np.hypot(X[:, 0], X[:, 1])
+    assert np.all((r >= 0.05 - 1e-6) & (r <= 1 + 1e-6))          # r = sqrt(U(0.0025, 1))
+    theta = 2 * np.pi * 2.0 * r[:n0]                             # on the arm r (cos 2 pi turns r, sin ...)
+    np.testing.assert_allclose(X[:n0], np.c_[r[:n0] * np.cos(theta), r[:n0] * np.sin(theta)], atol=1e-6)
+
+
+def test_make_xor_labels_are_the_sign_of_the_product():
+    X, y = datasets.make_xor(500, noise=0.0, seed=1)
+    assert X.shape == (500, 2) and X.dtype == np.float32 and y.dtype == np.int64
+    np.testing.assert_array_equal(y, (X[:, 0] * X[:, 1] > 0).astype(np.int64))
+    assert np.all(np.abs(X) <= 1) and 150 < y.sum() < 350
+    Xn, yn = datasets.make_xor(500, noise=0.2, seed=1)
+    np.testing.assert_array_equal(yn, y)                          # labels of the points before the noise
+    assert 0.1 < np.std(Xn - X) < 0.3
+
+
+def test_make_teacher_is_the_documented_network():
+    """A NumPy twin of the docstring's formula: X first, then W1 ~ N(0, 4/d), then W2 ~ N(0, 1/32)."""
+    n, d, k, seed = 300, 7, 3, 5
+    rng = np.random.default_rng(seed)
+    X_ref = rng.standard_normal((n, d), dtype=np.float32)
+    W1 = rng.standard_normal((d, 32)) * 2.0 / np.sqrt(d)
+    W2 = rng.standard_normal((32, k)) / np.sqrt(32)
+    Z = np.tanh(X_ref @ W1) @ W2
+    X, y = datasets.make_teacher(n, d, k, "classification", seed)
+    np.testing.assert_array_equal(X, X_ref)
+    np.testing.assert_array_equal(y, Z.argmax(axis=1))
+    assert y.dtype == np.int64 and len(np.unique(y)) == k
+    Xr, T = datasets.make_teacher(n, d, k, "regression", seed)
+    np.testing.assert_array_equal(Xr, X)
+    assert T.shape == (n, k) and T.dtype == np.float32
+    np.testing.assert_allclose(T, (Z - Z.mean(axis=0)) / Z.std(axis=0), rtol=1e-6, atol=1e-6)
+
+
+def test_synthetic_sets_are_seeded():
+    for make, args in [(datasets.make_spirals, (50,)), (datasets.make_xor, (50,)),
+                       (datasets.make_teacher, (50, 4, 3))]:
+        (X1, y1), (X2, y2) = make(*args, seed=11), make(*args, seed=11)
+        np.testing.assert_array_equal(X1, X2)
+        np.testing.assert_array_equal(y1, y2)
+        assert not np.array_equal(X1, make(*args, seed=12)[0]), make.__name__
+
+
+def test_bench_workload_data_is_make_teacher():
+    """One teacher for the bench, asv and the command line: a workload's data is make_teacher with its shapes."""
+    from fastbp import bench
+    for name, spec in bench.WORKLOADS.items():
+        X, y = bench.make_data(name, quick=True)
+        task = "classification" if spec["loss"] == "cross_entropy" else "regression"
+        Xt, yt = datasets.make_teacher(bench.QUICK_SAMPLES[name], spec["layers"][0], spec["layers"][-1], task, 1234)
+        np.testing.assert_array_equal(X, Xt)
+        np.testing.assert_array_equal(y, yt)
+
+
+@pytest.mark.parametrize("call, words", [
+    (lambda: datasets.make_spirals(1), "n_samples must be an integer >= 2"),
+    (lambda: datasets.make_spirals(10, turns=0), "turns must be a finite number in (0.0"),
+    (lambda: datasets.make_spirals(10, noise=-1.0), "noise must be a finite number"),
+    (lambda: datasets.make_xor(0), "n_samples must be an integer >= 1"),
+    (lambda: datasets.make_xor(10, noise=float("nan")), "noise must be a finite number"),
+    (lambda: datasets.make_teacher(10, 0, 2), "n_features must be an integer >= 1"),
+    (lambda: datasets.make_teacher(10, 3, 2.5), "n_outputs must be an integer >= 1"),
+    (lambda: datasets.make_teacher(10, 3, 2, task="regresion"), "unknown task 'regresion'"),
+])
+def test_synthetic_sets_refuse_bad_arguments(call, words):
+    with pytest.raises(fb.InputError, match=re.escape(words)):
+        call()
 
 
 # ---- examples/mnist.py -----------------------------------------------------------------------------------

@@ -34,7 +34,8 @@ def use_threads():
 @functools.lru_cache(maxsize=None)
 def split(name):
     """(X_train, y_train, X_test, y_test): the first TRAIN_SAMPLES and last TEST_SAMPLES
-    samples of the workload's seeded data (fastbp.bench.make_data), once per process.
+    samples of the workload's seeded data (fastbp.bench.make_data: fastbp.datasets.make_teacher with the
+    workload's shapes on recent commits), once per process.
     Callers must not write into them."""
     X, y = make_data(name)
     return (X[:TRAIN_SAMPLES].copy(), y[:TRAIN_SAMPLES].copy(),

@@ -1,0 +1,237 @@
+"""Sweeps: a grid or random search over train-config keys, one training run per trial, each
+finished run a row of ``results.csv`` at once, so that the same command resumes a sweep."""
+
+import copy
+import csv
+import json
+import math
+import os
+import sys
+
+import numpy as np
+
+from .build import build
+from .checks import (EXIT_INTERRUPTED, BadValue, Context, array, check_table, integer, join_key, number, show,
+                     toml_value)
+from .config import apply_sets, read_config, resolve, run_id, set_key, split_key
+from .data import load_data
+from .run import default_out, fmt_metrics, run_training
+from .schema import RESULT_METRICS, SWEEP
+
+
+def _check_space(ctx, sweep):
+    """sweep.params -> [(dotted key, list of candidates or (distribution, lo, hi))]."""
+    space = []
+    if not sweep["params"]:
+        raise ctx.error("sweep.params", "empty; list the values to try, e.g. \"optimizer.lr\" = [1e-3, 3e-3]")
+    for k, v in sweep["params"].items():
+        key = join_key("sweep.params", k)
+        if (split_key(k) or [""])[0] == "sweep":
+            raise ctx.error(key, "a sweep cannot vary its own [sweep] settings")
+        if isinstance(v, dict) and len(v) == 1 and next(iter(v)) in ("uniform", "log_uniform", "int_uniform"):
+            dist, bounds = next(iter(v.items()))
+            if sweep["method"] != "random":
+                raise ctx.error(key, f"{dist} needs method = \"random\"; a grid takes a list of values")
+            num = {"int_uniform": integer(), "log_uniform": number(0.0, lo_open=True)}.get(dist, number())
+            try:
+                lo, hi = array(num, n=2)(bounds)
+            except BadValue as e:
+                raise ctx.error(f"{key}.{dist}", str(e)) from None
+            if not lo <= hi:
+                raise ctx.error(f"{key}.{dist}", f"expected [low, high] with low <= high, got {toml_value(bounds)}")
+            space.append((k, (dist, lo, hi)))
+        elif isinstance(v, list) and v:
+            space.append((k, v))
+        else:
+            raise ctx.error(key, "expected a non-empty array of values"
+                                 + (" or {log_uniform = [lo, hi]}" if sweep["method"] == "random" else "")
+                                 + f", got {show(v)}")
+    return space
+
+
+def _round(v):
+    return float(f"{v:.4g}")
+
+
+def expand(sweep, space):
+    """The trials, each a dict {dotted key: value}, in a fixed order for a given seed."""
+    keys = [k for k, _ in space]
+    discrete = all(isinstance(c, list) for _, c in space)
+    if sweep["method"] == "grid":
+        trials = [[]]
+        for _, cands in space:
+            trials = [t + [c] for t in trials for c in cands]
+        return [dict(zip(keys, t)) for t in trials]
+    rng = np.random.default_rng(sweep["seed"])
+    n = sweep["n_trials"]
+    sizes = [len(c) if isinstance(c, list) else 0 for _, c in space]
+    if discrete and math.prod(sizes) <= 1_000_000:   # without replacement, in an order independent of n
+        order = rng.permutation(math.prod(sizes))[:n]
+        out = []
+        for flat in order:
+            idx = np.unravel_index(flat, sizes)
+            out.append({k: c[i] for (k, c), i in zip(space, idx)})
+        return out
+    out = []
+    for _ in range(n):   # trial i draws the same values whatever n_trials is
+        t = {}
+        for k, c in space:
+            if isinstance(c, list):
+                t[k] = c[int(rng.integers(len(c)))]
+            else:
+                dist, lo, hi = c
+                u = rng.random()
+                t[k] = (int(lo + math.floor(u * (hi - lo + 1))) if dist == "int_uniform" else
+                        _round(math.exp(math.log(lo) + u * (math.log(hi) - math.log(lo)))) if dist == "log_uniform"
+                        else _round(lo + u * (hi - lo)))
+        out.append(t)
+    return out
+
+
+def _cell(v):
+    return v if isinstance(v, str) else json.dumps(v)
+
+
+def _read_results(path, header, ctx):
+    """{run_id: row} of the finished runs in an existing results file. A row cut short by a
+    crash is dropped from the file (rewritten atomically), so its run is done again."""
+    if not os.path.exists(path) or os.path.getsize(path) == 0:
+        return {}
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        have = next(reader, None)
+        if have != header:
+            raise ctx.error("sweep.params", f"{path} holds the results of another sweep (columns {have}); "
+                                            f"this one writes {header}: choose another --out or move it away")
+        complete = [r for r in reader if len(r) == len(header)]
+        f.seek(0)
+        n_lines = sum(1 for _ in csv.reader(f)) - 1
+    if len(complete) != n_lines:
+        with open(path + ".tmp", "w", newline="") as f:
+            csv.writer(f, lineterminator="\n").writerows([header, *complete])
+        os.replace(path + ".tmp", path)
+    return {r[0]: dict(zip(header, r)) for r in complete if r[2] in ("ok", "diverged")}
+
+
+def _append_row(path, header, row):
+    new = not os.path.exists(path) or os.path.getsize(path) == 0
+    with open(path, "a+", newline="") as f:
+        if not new:                       # a row cut short by a crash: finish its line first
+            f.seek(f.tell() - 1)
+            if f.read(1) != "\n":
+                f.write("\n")
+        w = csv.writer(f, lineterminator="\n")
+        if new:
+            w.writerow(header)
+        w.writerow([row.get(k, "") for k in header])
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def cmd_sweep(args):
+    raw = read_config(args.config)
+    ctx = Context(args.config, apply_sets(raw, args.set, args.config))
+    if "sweep" not in raw:
+        raise ctx.error("sweep", "missing section: a sweep config adds [sweep] with method and [sweep.params]")
+    sweep = check_table(ctx, raw.pop("sweep"), SWEEP, "sweep")
+    if sweep["method"] == "random" and sweep["n_trials"] is None:
+        raise ctx.error("sweep.n_trials", "missing (required by method = \"random\")")
+    if sweep["method"] == "grid" and sweep["n_trials"] is not None:
+        raise ctx.error("sweep.n_trials", "only with method = \"random\" (a grid runs every combination)")
+    space = _check_space(ctx, sweep)
+    trials = expand(sweep, space)
+
+    # check every trial's config, data and objects before the first one trains
+    cache, plans = {}, []
+    for i, params in enumerate(trials):
+        trial_raw = copy.deepcopy(raw)
+        where = f"sweep.params (trial {i + 1}: " + ", ".join(f"{k} = {toml_value(v)}" for k, v in params.items()) + ")"
+        over = dict(ctx.overrides)
+        for k, v in params.items():
+            try:
+                over[set_key(trial_raw, k, copy.deepcopy(v))] = where
+            except BadValue as e:
+                raise ctx.error(join_key("sweep.params", k), str(e)) from None
+        tctx = Context(args.config, over)
+        cfg = resolve(trial_raw, tctx)
+        dkey = json.dumps(cfg["data"], sort_keys=True)
+        if dkey not in cache:
+            cache[dkey] = load_data(cfg, tctx)
+        net = build(cfg, cache[dkey], tctx)[0]
+        plans.append((params, cfg, tctx, dkey, run_id(cfg)))
+        # the ranking metric must be one that every trial reports
+        has_val = cfg["data"].get("val_path") is not None or cfg["training"]["validation_split"] is not None
+        has_test = cache[dkey].test is not None
+        metric = sweep["metric"] or ("val_loss" if has_val else "test_loss" if has_test else "loss")
+        missing = ("validation (training.validation_split or data.val_path)" if metric.startswith("val_") and not
+                   has_val else "a test set (data.test_fraction or a test file)" if metric.startswith("test_") and
+                   not has_test else "a classifier" if "accuracy" in metric and not net.is_classifier else None)
+        if missing:
+            raise tctx.error("sweep.metric", f"{json.dumps(metric)} needs {missing}")
+    base_cfg = plans[0][1]
+    maximize = sweep["mode"] == "max" or (sweep["mode"] == "auto" and "acc" in metric)
+
+    out = args.out or base_cfg["output"]["dir"] or default_out(args.config)
+    results = os.path.join(out, "results.csv")
+    keys = [k for k, _ in space]
+    header = ["run_id", "trial", "status", *keys, "epochs", "time_s", *RESULT_METRICS, "error"]
+    done = _read_results(results, header, ctx)
+    todo = sum(1 for p in plans if p[4] not in done)
+    print(f"sweep: {sweep['method']} search, {len(plans)} trials over {', '.join(keys)}; {len(plans) - todo} "
+          f"already finished in {results}; ranking by {metric} ({'max' if maximize else 'min'})")
+    if args.dry_run:
+        for i, (params, *_, rid) in enumerate(plans):
+            state = "finished" if rid in done else "to run"
+            print(f"  [{i + 1}/{len(plans)}] {rid} {_fmt_params(params)}: {state}")
+        print("dry run: every trial's config is valid; nothing trained")
+        return 0
+    os.makedirs(out, exist_ok=True)
+    sys.stdout.flush()
+    for i, (params, cfg, tctx, dkey, rid) in enumerate(plans):
+        tag = f"[{i + 1}/{len(plans)}] {rid} {_fmt_params(params)}"
+        if rid in done:
+            print(f"{tag}: finished before, skipped")
+            continue
+        run_dir = os.path.join(out, "runs", rid) if sweep["save_runs"] else os.path.join(out, "runs", "_last")
+        s = run_training(cfg, cache[dkey], tctx, run_dir, verbose=0, plot=sweep["plots"])
+        if s["status"] == "interrupted":
+            print(f"{tag}: interrupted; not recorded. Run the same command again to resume.")
+            return EXIT_INTERRUPTED
+        row = {"run_id": rid, "trial": i + 1, "status": s["status"], "epochs": s["epochs"],
+               "time_s": f"{s['time_s']:.3f}", "error": s["error"] or "",
+               **{k: _cell(v) for k, v in params.items()}}
+        row.update({k: repr(v) for k, v in s["final"].items() if k in RESULT_METRICS})
+        row.update({f"test_{k}": repr(v) for k, v in (s["test"] or {}).items()})
+        _append_row(results, header, row)
+        done[rid] = {k: str(v) for k, v in row.items()}
+        print(f"{tag}: {s['status']}, {fmt_metrics(s['final'], s['test'])} ({s['time_s']:.2f} s)", flush=True)
+    _print_ranking(plans, done, metric, maximize)
+    print(f"results: {results}")
+    return 0
+
+
+def _fmt_params(params):
+    return " ".join(f"{k}={toml_value(v)}" for k, v in params.items())
+
+
+def _num(row, key):
+    try:
+        return float(row.get(key) or "nan")
+    except ValueError:
+        return math.nan
+
+
+def _print_ranking(plans, done, metric, maximize):
+    rows = {rid: (params, done[rid]) for params, *_, rid in plans if rid in done}
+    tie = metric.replace("accuracy", "loss")   # equal accuracies: the lower loss first
+
+    def order(item):
+        v, t = _num(item[1][1], metric), _num(item[1][1], tie)
+        return (math.isnan(v), -v if maximize else v, math.isnan(t), t)
+    ranked = sorted(rows.items(), key=order)
+    print(f"\nrank  run_id        {metric:>12}  {'status':<9} params")
+    for n, (rid, (params, r)) in enumerate(ranked, 1):
+        print(f"{n:>4}  {rid}  {_num(r, metric):>12.5g}  {r['status']:<9} {_fmt_params(params)}")
+    if ranked and not math.isnan(_num(ranked[0][1][1], metric)):
+        rid, (params, r) = ranked[0]
+        print(f"best: {rid} with {metric} {_num(r, metric):.5g}: {_fmt_params(params)}")
