@@ -6,24 +6,31 @@ order and permutation) and runs batches ``[b0, b1)`` of an epoch as one compiled
 (``kernels.network.train_epoch``). ``Network.fit`` and the scikit-learn estimators train
 through it; it is the only caller of ``train_epoch`` outside the tests of the kernels.
 
-The protocol between ``Network`` and its users inside fastbp (the runner, ``_io``, the
+The protocol between ``Network`` and its users inside fastbp (this module, ``_io`` and the
 scikit-learn estimators). Beyond the public attributes (``params``, ``grads``,
-``norm_state``, ``dtype``, ``layer_sizes``, ``n_outputs``, ``is_classifier``) they use only:
+``norm_state``, ``dtype``, ``layer_sizes``, ``n_outputs``, ``is_classifier``, ``optimizer``)
+they use only these members:
 
 - ``net._rng``: the dropout generator's state, a (1,) uint64 array the kernels advance;
+  ``net._shuffle_rng``, ``net._split_seed``: the shuffling generator, validation_split's seed;
 - ``net._l2``: scikit-learn's L2 strength (0.0: off), read when a runner is built;
+- ``net._loss_code``: the kernels' code of the output/loss pair;
 - ``net._borrow(n)``: a context manager giving the workspace ``(ws, layout, fpar, meta)``
   for batches of up to ``n`` rows; ``net._drop_workspace(n)`` forgets a one-off size;
 - ``net._training_kernels(kind)``: the KernelSet of a training step with optimizer ``kind``;
 - ``net._views(flat)``: per layer (W, b) or (W, b, gamma, beta) views into any array laid
   out as ``params``;
+- ``net._check_xyw(X, y, sample_weight, class_weight, names)``: checked data
+  ``(X, T, labels, use_labels, sw)``, with ``net._no_weights`` the empty ``sw`` (unweighted);
 - ``net._loss_grad(X, T, labels, use_labels, sw)``: the loss of checked data, with its
   gradients written into ``net.grads``; ``net._predict_checked(X)``: outputs of checked X;
-- ``Network._configured(...)``, ``net._flat_sizes()``, ``net._allocate()``: a network
-  checked and laid out without allocating, its buffer lengths, then its buffers (``_io.load``).
+- ``Network._configured(...)``, ``net._n_flat``, ``net._n_state``, ``net._allocate()``: a
+  network checked and laid out without allocating, its buffer lengths, then its buffers
+  (``_io.load``).
 
 and of an optimizer: ``opt.kind``, ``opt._bind(net)`` (its state, allocated once),
-``opt._hparams()`` (its hyper-parameters packed for the kernel) and ``opt._step``.
+``opt._hparams()`` (its hyper-parameters packed for the kernel), ``opt._step``, and for
+files and pickles ``opt._state_sizes(n)``, ``opt._nonneg_indices()``, ``opt._load_state``.
 """
 
 import numbers
