@@ -12,10 +12,14 @@ output layer's Z and P, and two gradient slots for the backward ping-pong.
 A batch of n <= B rows uses the first n rows of each slot: views, no copies.
 """
 
+import contextlib
+import math
+import threading
+
 import numpy as np
 
 from ._blas import dx_via_transpose
-from .kernels.activations import NEEDS_Z
+from .kernels.activations import NEEDS_Z, RELU_LIKE
 from .kernels.network import (A_OFF, ACT, ALPHA, B_OFF, BE_OFF, D_OFF, DROP, EPS, G_OFF, M_OFF, MOMENTUM, MU_OFF,
                               N_COLS, N_IN, N_OUT, NORM, P_END, RM_OFF, RS_OFF, RV_OFF, W_OFF, WT, XH_OFF, Z_OFF)
 from .kernels.norm import BATCH_NORM, NO_NORM
@@ -116,3 +120,71 @@ def build_layout(sizes, act_codes, alphas, drops, param_offs, batch_size, dtype,
     widest = max(sizes[1:])
     g0, g1 = slot(widest), slot(widest)
     return layout, fpar, (g0, g1), pos
+
+
+def init_params(param_views, state_views, act_codes, init, rng):
+    """Initial values, in place: per layer W He normal N(0, 2/n_in) (``init`` "he", or "auto"
+    for a relu-like hidden layer) or Glorot uniform U(+-sqrt(6/(n_in + n_out))), b = 0; norm
+    layers gamma = 1, beta = 0; batch norm's running mean 0 and variance 1.
+
+    ``param_views``: per layer (W, b) or (W, b, gamma, beta); ``state_views``: per layer
+    (running_mean, running_var) or (); ``act_codes``: the hidden layers' activations."""
+    n_layers = len(param_views)
+    for l, views in enumerate(param_views):
+        W, b = views[:2]
+        n_in, n_out = W.shape
+        relu_like = l < n_layers - 1 and act_codes[l] in RELU_LIKE
+        if init == "he" or (init == "auto" and relu_like):
+            W[...] = rng.standard_normal((n_in, n_out)) * math.sqrt(2.0 / n_in)
+        else:
+            lim = math.sqrt(6.0 / (n_in + n_out))
+            W[...] = rng.uniform(-lim, lim, (n_in, n_out))
+        b[...] = 0.0
+        if len(views) == 4:
+            views[2][...] = 1.0
+            views[3][...] = 0.0
+    for stats in state_views:
+        if stats:
+            stats[0][...] = 0.0
+            stats[1][...] = 1.0
+
+
+class Workspaces:
+    """A network's workspaces, one per batch size, built by ``build(batch_size)`` on first use.
+
+    ``cache`` holds at most ``limit`` of them, the most recently used last, so that a stream of
+    batch sizes (partial_fit on chunks of every length) does not pile them up. ``lock`` is held
+    while compiled code works in a cached one."""
+
+    def __init__(self, build, limit):
+        self.build, self.limit = build, limit
+        self.cache = {}
+        self.lock = threading.RLock()
+
+    def get(self, batch_size):
+        """The cached workspace for batches of up to ``batch_size`` rows (hold ``lock`` while using it)."""
+        ws = self.cache.pop(batch_size, None)
+        if ws is None:
+            ws = self.build(batch_size)
+            while len(self.cache) >= self.limit:
+                del self.cache[next(iter(self.cache))]
+        self.cache[batch_size] = ws
+        return ws
+
+    @contextlib.contextmanager
+    def borrow(self, batch_size):
+        """A workspace for one call: the cached one, or a private one while another thread
+        computes in the cached ones (compiled code runs without the GIL, so two threads
+        predicting with one network would otherwise write the same buffers)."""
+        if self.lock.acquire(blocking=False):
+            try:
+                yield self.get(batch_size)
+            finally:
+                self.lock.release()
+        else:
+            yield self.build(batch_size)
+
+    def drop(self, batch_size):
+        """Forget the cached workspace for ``batch_size``."""
+        with self.lock:
+            self.cache.pop(batch_size, None)

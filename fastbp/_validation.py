@@ -6,6 +6,9 @@ import numbers
 import numpy as np
 
 from .errors import InputError
+from .kernels.activations import ACTIVATIONS, ALIASES
+from .kernels.losses import DEFAULT_LOSS, PAIRS
+from .kernels.norm import NORMS
 from .kernels.losses import EXP_POISSON, SIGMOID_BCE, SOFTMAX_CE
 from .kernels.optim import all_finite
 
@@ -175,3 +178,112 @@ def class_weights_per_row(class_weight, loss_code, T, labels, use_labels, n_out)
     else:
         raise InputError(f"class_weight must be a dict {{class: weight}} or 'balanced', got {class_weight!r}")
     return table[y]
+
+
+def _as_list(v):
+    """list(v) for a non-string iterable, else None."""
+    if isinstance(v, (str, bytes)):
+        return None
+    try:
+        return list(v)
+    except TypeError:
+        return None
+
+
+def _dtype(dtype):
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise InputError(f"dtype must be float32 or float64, got {dtype!r}") from None
+    if dt not in (np.float32, np.float64):
+        raise InputError(f"dtype must be float32 or float64, got {dt}")
+    return dt
+
+
+def check_architecture(layer_sizes, activation="relu", output="softmax", loss=None, dtype=np.float32, seed=0,
+                       dropout=0.0, init="auto", norm=None, norm_momentum=0.1, norm_eps=1e-5):
+    """Network's arguments checked (InputError naming the problem) and normalised: a dict of
+    its attributes (layer_sizes, activations, output, loss, _loss_code, dtype, seed, dropout,
+    init, norm, norm_momentum, norm_eps). Allocates nothing."""
+    sizes = _as_list(layer_sizes)
+    if (not sizes or len(sizes) < 2 or
+            any(isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1 for s in sizes)):
+        raise InputError(f"layer_sizes must list at least two positive integers "
+                         f"(inputs, ..., outputs), got {layer_sizes!r}")
+    layer_sizes = [int(s) for s in sizes]
+    n_hidden = len(sizes) - 2
+    acts = [activation] * n_hidden if isinstance(activation, str) else _as_list(activation)
+    if acts is None:
+        raise InputError(f"activation must be a name or a list of names, got {activation!r}")
+    if len(acts) != n_hidden:
+        raise InputError(f"activation lists {len(acts)} names but the network has {n_hidden} hidden layers")
+    activations = [check_choice(ALIASES.get(a, a) if isinstance(a, str) else a, "activation", ACTIVATIONS)
+                   for a in acts]
+    output = check_choice(output, "output", DEFAULT_LOSS)
+    loss = loss if loss is not None else DEFAULT_LOSS[output]
+    if not isinstance(loss, str) or (output, loss) not in PAIRS:
+        valid = ", ".join(f"{o}+{l}" for o, l in PAIRS)
+        raise InputError(f"loss {loss!r} does not pair with output {output!r}; valid pairs: {valid}")
+    loss_code = PAIRS[(output, loss)]
+    dtype = _dtype(dtype)
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise InputError(f"seed must be a non-negative integer, got {seed!r}")
+    seed = int(seed)
+    drops = [dropout] * n_hidden if isinstance(dropout, numbers.Real) else _as_list(dropout)
+    if (drops is None or len(drops) != n_hidden
+            or not all(isinstance(p, numbers.Real) and 0.0 <= p < 1.0 for p in drops)):
+        raise InputError(f"dropout must be a probability in [0, 1) or one per hidden layer "
+                         f"({n_hidden}), got {dropout!r}")
+    dropout = [float(p) for p in drops]
+    from .names import INITS   # (names imports optim, which imports this module)
+    init = check_choice(init, "init", set(INITS))
+    norms = [norm] * n_hidden if norm is None or isinstance(norm, str) else _as_list(norm)
+    if norms is None or len(norms) != n_hidden:
+        raise InputError(f"norm must be None, 'batch', 'layer' or one per hidden layer ({n_hidden}), "
+                         f"got {norm!r}")
+    norm = [None if check_choice(v, "norm", NORMS) in (None, "none") else v for v in norms]
+    norm_momentum = check_float(norm_momentum, "norm_momentum", 0.0, 1.0)
+    norm_eps = check_float(norm_eps, "norm_eps", lo_open=True)
+    return {"layer_sizes": layer_sizes, "activations": activations, "output": output, "loss": loss,
+            "_loss_code": loss_code, "dtype": dtype, "seed": seed, "dropout": dropout, "init": init, "norm": norm,
+            "norm_momentum": norm_momentum, "norm_eps": norm_eps}
+
+
+def check_weights(weights, targets, dtype):
+    """``weights`` for Network.set_weights checked against ``targets`` (the network's views,
+    per layer (W, b[, gamma, beta[, running_mean, running_var]])): a list of tuples of arrays."""
+    pairs_msg = ("weights must be a list of (W, b) pairs, as get_weights() returns (layers with a norm "
+                 "add gamma, beta, and for batch norm running_mean, running_var)")
+    try:
+        weights = [tuple(np.asarray(a) for a in w) for w in weights]
+    except (TypeError, ValueError):
+        raise InputError(pairs_msg) from None
+    if len(weights) != len(targets):
+        raise InputError(f"got {len(weights)} (W, b) pairs for a network of {len(targets)} layers")
+    names = ("W", "b", "gamma", "beta", "running_mean", "running_var")
+    for l, (w, t) in enumerate(zip(weights, targets)):
+        if len(w) != len(t):
+            raise InputError(f"{pairs_msg}; layer {l} needs {len(t)} arrays, got {len(w)}")
+        if any(a.shape != a0.shape for a, a0 in zip(w, t)):
+            raise InputError(f"layer {l}: expected " + " and ".join(f"{nm} {a0.shape}" for nm, a0 in zip(names, t))
+                             + ", got " + " and ".join(str(a.shape) for a in w))
+        for a, name in zip(w, names):
+            if a.dtype.kind not in "biuf" or not np.all(np.isfinite(a)):
+                raise InputError(f"layer {l}: {name} must be numeric and finite")
+            if a.size and np.abs(a).max() > np.finfo(dtype).max:
+                raise InputError(f"layer {l}: {name} has values that overflow the network's {dtype.name}")
+        if len(w) == 6 and np.any(w[5] < 0):
+            raise InputError(f"layer {l}: running_var must be >= 0")
+    return weights
+
+
+def with_class_weights(sw, class_weight, loss_code, T, labels, use_labels, n_out, dtype):
+    """The per-row weights ``sw`` (or none: an empty array) times ``class_weight``'s per row."""
+    cw = class_weights_per_row(class_weight, loss_code, T, labels, use_labels, n_out)
+    with np.errstate(over="ignore"):
+        sw = (cw if sw.shape[0] == 0 else cw * sw).astype(dtype)
+    if not np.all(np.isfinite(sw)):
+        raise InputError(f"class_weight (with sample_weight) gives weights that overflow {dtype.name}")
+    if not sw.any():
+        raise InputError("class_weight (with sample_weight) gives every row the weight 0")
+    return sw

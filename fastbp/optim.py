@@ -7,6 +7,7 @@ updates; use a new one for another network.
 """
 
 import weakref
+from typing import NamedTuple
 
 import numpy as np
 
@@ -16,15 +17,36 @@ from .kernels import optim as K
 from .schedules import SCHEDULES, check_rate, check_schedule, schedule_from_config
 
 
+# ---- state: three flat arrays mirroring the parameters (empty where unused), by name ---------------
+class SGDState(NamedTuple):
+    momentum_buffer: np.ndarray   # (P,) with momentum, else (0,)
+    unused_1: np.ndarray          # (0,): the update kernel takes three state arrays
+    unused_2: np.ndarray
+
+
+class AdamState(NamedTuple):
+    exp_avg: np.ndarray           # m (P,)
+    exp_avg_sq: np.ndarray        # v (P,)
+    max_exp_avg_sq: np.ndarray    # running max of v (P,) with amsgrad, else (0,)
+
+
+class RMSpropState(NamedTuple):
+    square_avg: np.ndarray        # (P,)
+    grad_avg: np.ndarray          # (P,) when centered, else (0,)
+    momentum_buffer: np.ndarray   # (P,) with momentum, else (0,)
+
+
 class Optimizer:
+    """Base class. A subclass names its kernel (``kind``), its hyper-parameters (``hparams()``,
+    a NamedTuple of kernels/optim.py) and its state (``_State``, a NamedTuple of three arrays)."""
     kind = -1
-    _n_hp = 0
-    _nonneg_states = ()   # state arrays that hold squares (must be >= 0)
+    _State = None
+    _nonneg_states = ()   # state fields that hold squares (must be >= 0)
     _fields = ()
 
     def __init__(self, schedule=None):
         self.schedule = check_schedule(schedule)
-        self._hp = np.zeros(self._n_hp, np.float64)
+        self._hp = K.new_hparams_array(self.kind)
         self._step = np.zeros(1, np.int64)
         self._state = None
         self._owner = None
@@ -72,12 +94,19 @@ class Optimizer:
         """Number of updates applied so far."""
         return int(self._step[0])
 
-    def _hparams(self):
-        """Current hyper-parameters written into the persistent float64 array (no allocation)."""
+    def hparams(self):
+        """The current hyper-parameters (the rate of the current epoch), a NamedTuple."""
         raise NotImplementedError
+
+    def _hparams(self):
+        """The current hyper-parameters packed into the persistent float64 array the kernel reads."""
+        return K.pack(self._hp, self.hparams())
 
     def _state_sizes(self, n):
         raise NotImplementedError
+
+    def _nonneg_indices(self):
+        return tuple(self._State._fields.index(f) for f in self._nonneg_states)
 
     # --- state -------------------------------------------------------------------------
     def _bind(self, net):
@@ -90,19 +119,19 @@ class Optimizer:
         state = self._state
         if (state is None or state[0].dtype != net.dtype or state[0].shape[0] != sizes[0]
                 or state[1].shape[0] != sizes[1] or state[2].shape[0] != sizes[2]):
-            self._state = tuple(np.zeros(s, net.dtype) for s in sizes)
+            self._state = self._State(*(np.zeros(s, net.dtype) for s in sizes))
             self._step[0] = 0
         if owner is None:
             self._owner = weakref.ref(net)
         return self._state
 
     def state_arrays(self):
-        """The state buffers (s1, s2, s3), or None before the first step."""
+        """The state buffers (a NamedTuple of three arrays, see ``_State``), or None before the first step."""
         return self._state
 
     def _load_state(self, step, arrays):
         self._step[0] = step
-        self._state = tuple(np.ascontiguousarray(a) for a in arrays)
+        self._state = self._State(*(np.ascontiguousarray(a) for a in arrays))
 
 
 class SGD(Optimizer):
@@ -112,7 +141,7 @@ class SGD(Optimizer):
     d = d + mu buf if nesterov else buf;  p = p - lr d.
     """
     kind = K.SGD
-    _n_hp = 5
+    _State = SGDState
     _fields = ("lr", "momentum", "dampening", "weight_decay", "nesterov")
 
     def __init__(self, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, schedule=None):
@@ -125,10 +154,8 @@ class SGD(Optimizer):
             raise InputError("Nesterov momentum requires momentum > 0 and dampening = 0")
         super().__init__(schedule)
 
-    def _hparams(self):
-        hp = self._hp
-        hp[0], hp[1], hp[2], hp[3], hp[4] = self.current_lr, self.momentum, self.dampening, self.weight_decay, self.nesterov
-        return hp
+    def hparams(self):
+        return K.SGDHparams(self.current_lr, self.momentum, self.dampening, self.weight_decay, self.nesterov)
 
     def _state_sizes(self, n):
         return (n if self.momentum != 0 else 0, 0, 0)
@@ -148,8 +175,8 @@ class Adam(Optimizer):
     decay) takes a much smaller step.
     """
     kind = K.ADAM
-    _n_hp = 8
-    _nonneg_states = (1, 2)   # v, max v
+    _State = AdamState
+    _nonneg_states = ("exp_avg_sq", "max_exp_avg_sq")
     _fields = ("lr", "betas", "eps", "weight_decay", "amsgrad", "eps_hat")
     _decoupled = False
 
@@ -168,11 +195,9 @@ class Adam(Optimizer):
         self.eps_hat = bool(eps_hat)
         super().__init__(schedule)
 
-    def _hparams(self):
-        hp = self._hp
-        hp[0], hp[1], hp[2], hp[3] = self.current_lr, self.betas[0], self.betas[1], self.eps
-        hp[4], hp[5], hp[6], hp[7] = self.weight_decay, self._decoupled, self.amsgrad, self.eps_hat
-        return hp
+    def hparams(self):
+        return K.AdamHparams(self.current_lr, self.betas[0], self.betas[1], self.eps, self.weight_decay,
+                             self._decoupled, self.amsgrad, self.eps_hat)
 
     def _state_sizes(self, n):
         return (n, n, n if self.amsgrad else 0)
@@ -195,8 +220,8 @@ class RMSprop(Optimizer):
     buf = mu buf + g/avg, p = p - lr buf  (momentum > 0)  or  p = p - lr g/avg.
     """
     kind = K.RMSPROP
-    _n_hp = 6
-    _nonneg_states = (0,)     # the mean square
+    _State = RMSpropState
+    _nonneg_states = ("square_avg",)
     _fields = ("lr", "alpha", "eps", "weight_decay", "momentum", "centered")
 
     def __init__(self, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False,
@@ -209,17 +234,15 @@ class RMSprop(Optimizer):
         self.centered = bool(centered)
         super().__init__(schedule)
 
-    def _hparams(self):
-        hp = self._hp
-        hp[0], hp[1], hp[2], hp[3], hp[4], hp[5] = (self.current_lr, self.alpha, self.eps, self.weight_decay,
-                                                    self.momentum, self.centered)
-        return hp
+    def hparams(self):
+        return K.RMSpropHparams(self.current_lr, self.alpha, self.eps, self.weight_decay, self.momentum,
+                                self.centered)
 
     def _state_sizes(self, n):
         return (n, n if self.centered else 0, n if self.momentum > 0 else 0)
 
 
-OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW, "rmsprop": RMSprop}
+OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW, "rmsprop": RMSprop}   # the one name table
 
 
 def get_optimizer(opt):
@@ -237,7 +260,7 @@ def get_optimizer(opt):
 def from_config(cfg):
     cfg = dict(cfg)
     name = cfg.pop("name", None)
-    classes = {c.__name__: c for c in (SGD, Adam, AdamW, RMSprop)}
+    classes = {c.__name__: c for c in OPTIMIZERS.values()}
     if name not in classes:
         raise InputError(f"unknown optimizer {name!r} in saved configuration")
     if "betas" in cfg:

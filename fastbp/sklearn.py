@@ -57,8 +57,8 @@ from sklearn.utils.optimize import _check_optimize_result
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
 from . import get_num_threads, set_num_threads
-from .kernels import network as K
-from .kernels.activations import ALIASES
+from ._training import OK, Runner
+from .names import ACTIVATION_ALIASES, ACTIVATIONS
 from .network import Network
 from .optim import SGD, Adam, from_config
 
@@ -72,7 +72,8 @@ __all__ = ["MLPClassifier", "MLPRegressor"]
 
 _STOCHASTIC_SOLVERS = ["sgd", "adam"]
 SKLEARN_ACTIVATIONS = {"identity", "logistic", "tanh", "relu"}
-EXTRA_ACTIVATIONS = {"leaky_relu", "elu", "softplus", "gelu"}   # fastbp's, Glorot init as relu/tanh
+# fastbp's others (Glorot init as relu/tanh); "sigmoid" is scikit-learn's "logistic"
+EXTRA_ACTIVATIONS = set(ACTIVATIONS) - {ACTIVATION_ALIASES.get(a, a) for a in SKLEARN_ACTIVATIONS}
 # out_activation_ -> (fastbp output, fastbp loss)
 _OUTPUTS = {"softmax": ("softmax", "cross_entropy"), "logistic": ("sigmoid", "binary_cross_entropy"),
             "identity": ("identity", "mse"), "exp": ("exp", "poisson")}
@@ -196,7 +197,7 @@ class _BaseMLP(BaseEstimator):
         """Bring a kept network in line with the current parameters (warm start, partial_fit)."""
         net = self._net
         n_hidden = len(net.layer_sizes) - 2
-        want_acts = [ALIASES.get(self.activation, self.activation)] * n_hidden
+        want_acts = [ACTIVATION_ALIASES.get(self.activation, self.activation)] * n_hidden
         want_drop = [float(self.dropout)] * n_hidden
         if want_acts != net.activations or want_drop != net.dropout:
             new = self._make_network(net.layer_sizes, net.dtype, net.seed)
@@ -337,12 +338,13 @@ class _BaseMLP(BaseEstimator):
         """(T, labels, use_labels) for the kernels from 2-D targets (binarised for classifiers)."""
         net = self._net
         if self.out_activation_ == "softmax":
-            return net._no_T, np.ascontiguousarray(np.argmax(y, axis=1), dtype=np.int64), True
-        return np.require(y, dtype=net.dtype, requirements=["C", "W"]), net._no_labels, False
+            no_T = np.zeros((0, net.n_outputs), net.dtype)
+            return no_T, np.ascontiguousarray(np.argmax(y, axis=1), dtype=np.int64), True
+        return np.require(y, dtype=net.dtype, requirements=["C", "W"]), np.zeros(0, np.int64), False
 
     def _weights(self, sample_weight):
         if sample_weight is None:
-            return self._net._no_weights
+            return np.zeros(0, self._net.dtype)   # the kernels' "unweighted"
         return np.require(sample_weight, dtype=self._net.dtype, requirements=["C", "W"])
 
     def _lbfgs_objective(self, X, y, sample_weight):
@@ -576,10 +578,10 @@ class _Optimizer:
     def _set(self, lr):
         # scikit-learn's velocity is v = mu v - lr g, PyTorch's buffer b = mu b + g with the step
         # -lr b, so v = -lr b while the rate holds; when it changes, b *= old / new keeps every
-        # following step equal to scikit-learn's (SGD momentum buffer: state array 0)
+        # following step equal to scikit-learn's (SGD's momentum_buffer)
         state = self.opt.state_arrays()
         if isinstance(self.opt, SGD) and self.opt.momentum != 0 and state is not None and lr != self.learning_rate:
-            buf = state[0]
+            buf = state.momentum_buffer
             buf *= buf.dtype.type(self.learning_rate / lr)
         self.learning_rate = lr
         self.opt.lr = lr / self.s
@@ -630,44 +632,27 @@ class _Optimizer:
 
 
 class _Epoch:
-    """One epoch of mini-batch updates as one compiled call, with the per-fit buffers."""
+    """One epoch of mini-batch updates in scikit-learn's order, as one compiled call (the runner's)."""
 
     def __init__(self, net, opt, X, T, labels, use_labels, sw, batch_size):
-        self.net, self.opt = net, opt
-        self.X, self.T, self.labels, self.use_labels, self.sw = X, T, labels, use_labels, sw
-        N, d = X.shape
-        self.N, self.batch_size = N, batch_size
-        self.n_batches = (N + batch_size - 1) // batch_size
-        self.Xb = np.empty((batch_size, d), net.dtype)
-        self.Tb = np.empty((batch_size if not use_labels else 0, net.n_outputs), net.dtype)
-        self.Lb = np.empty(batch_size if use_labels else 0, np.int64)
-        self.Wb = np.empty(batch_size if sw.shape[0] else 0, net.dtype)
-        self.stats = np.zeros((self.n_batches, 3), np.float64)   # loss, correct count, L2 penalty
-        self.sizes = np.full(self.n_batches, float(batch_size))
-        self.sizes[-1] = N - (self.n_batches - 1) * batch_size
+        self.runner = Runner(net, opt, X, T, labels, use_labels, sw, batch_size, record_penalty=True)
 
     def run(self, perm, shuffle):
         """Train one epoch in the order ``perm``; the mean batch loss weighted by batch rows
         (fastbp's scale), or NaN if a step was refused (the weights then become NaN too)."""
-        net, opt = self.net, self.opt
-        s1, s2, s3 = opt._bind(net)
-        net._ctl[:] = (0.0, 0.0, net._l2)
-        with net._borrow(self.batch_size) as (ws, layout, fpar, meta):
-            done, status = K.train_epoch(
-                net._training_kernels(opt.kind), net.params, net.grads, net.norm_state, ws, layout, fpar, meta, net._rng, self.X,
-                self.T, self.labels, self.use_labels, self.sw, perm, bool(shuffle), self.batch_size, 0, self.n_batches,
-                opt.kind, s1, s2, s3, opt._hparams(), opt._step, self.Xb, self.Tb, self.Lb, self.Wb, self.stats, net._ctl,
-                net._tstats, net._no_pprev)
-        if status != K.OK:
+        runner = self.runner
+        runner.start_epoch()
+        with runner:
+            _, status = runner.run(0, runner.n_batches, perm, shuffle)
+        if status != OK:
             # scikit-learn applies the non-finite step; its weights turn NaN and stay so
-            net.params[...] = np.nan
+            runner.net.params[...] = np.nan
             return float("nan")
-        return float(self.stats[:, 0] @ self.sizes / self.N)
+        return runner.mean_loss()
 
     def penalty(self):
-        """The last epoch's L2 penalty (the kernels', included in its loss): the mean over
-        batches b of l2/(2 s_b) sum W^2 with the weights before batch b, weighted by batch rows."""
-        return float(self.stats[:, 2] @ self.sizes / self.N)
+        """The last epoch's L2 penalty (the kernels', included in its loss), see Runner.penalty."""
+        return self.runner.penalty()
 
 
 _DOC_COMMON = """

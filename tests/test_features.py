@@ -1,4 +1,4 @@
-"""The training features of issue 4, through the public API: sample and class weights,
+"""The training features, through the public API: sample and class weights,
 learning-rate schedules, callbacks, validation_split, progress output, gradient clipping,
 gradient tracking, resume after save/load, Ctrl-C, determinism and the norm layers.
 
@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import fastbp as fb
+from fastbp._training import split
 from fastbp.callbacks import Callback
 from fastbp.kernels import network as K
 from fastbp.kernels.losses import PAIRS
@@ -657,7 +658,7 @@ def test_bad_validation_split(frac, match):
 def split_of(net, X, y, frac):
     """The rows fit would hold out, as an index into X (through the network's own split)."""
     Xc, T, labels, use_labels, sw = net._check_xyw(X, y)
-    _, val = net._split(Xc, T, labels, use_labels, sw, frac)
+    _, val = split(net, Xc, T, labels, use_labels, sw, frac)
     return np.array([int(np.flatnonzero(np.all(X == row, axis=1))[0]) for row in val[0]])
 
 

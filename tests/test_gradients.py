@@ -95,7 +95,7 @@ def test_padding_gets_zero_gradient(rng):
     assert np.all(net.grads[~used] == 0) and np.all(net.params[~used] == 0)
 
 
-# ---- features of issue 4: norm layers, sample and class weights, L2 --------------------------------
+# ---- norm layers, sample and class weights, L2 ------------------------------------------------------
 def randomize(net, rng):
     """Biases off zero (relu kinks away from symmetric inputs), gamma away from 1, beta off 0."""
     for views in net._views(net.params):

@@ -359,3 +359,78 @@ def test_failed_rename_keeps_previous_file_and_leaves_no_temporary(tmp_path, mon
     monkeypatch.undo()
     assert only_files(tmp_path) == ["model.npz"]
     assert path.read_bytes() == before
+
+
+# ---- hostile files: sizes are checked against the stored arrays before anything is allocated -----------
+def _with_config(path, **changes):
+    with np.load(path) as f:
+        cfg = json.loads(f["config"].item())
+    cfg.update(changes)
+    _rewrite(path, config=np.array(json.dumps(cfg)))
+
+
+def _peak_bytes(fn):
+    import tracemalloc   # numpy reports its allocations to tracemalloc
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        fn()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+@pytest.mark.parametrize("sizes", [[3000, 3000, 3], [55000, 55000, 3], [10 ** 6, 10 ** 6, 1]],
+                         ids=["72MB", "24GB", "1e12-params"])
+def test_config_claiming_a_bigger_network_than_its_arrays_is_refused_before_allocating(saved, sizes):
+    _with_config(saved, layer_sizes=sizes, activation=["relu"], dropout=[0.0], norm=None)
+
+    def load():
+        with pytest.raises(fb.ModelFileError, match=r"parameters have shape \(\d+,\) float64, expected"):
+            fb.Network.load(saved)
+    assert _peak_bytes(load) < 4 << 20   # the file's own arrays are a few kB; the claim is 72 MB and up
+
+
+def _forge_header(path, key, shape):
+    """Rewrite the archive with member ``key``'s .npy header claiming ``shape`` (its data unchanged)."""
+    import io
+    import zipfile
+    with zipfile.ZipFile(path) as z:
+        members = {i.filename: z.read(i) for i in z.infolist()}
+    raw = members[key + ".npy"]
+    fp = io.BytesIO(raw)
+    version = np.lib.format.read_magic(fp)
+    _, fortran, dtype = np.lib.format.read_array_header_1_0(fp) if version == (1, 0) else \
+        np.lib.format.read_array_header_2_0(fp)
+    data = raw[fp.tell():]
+    out = io.BytesIO()
+    np.lib.format.write_array_header_2_0(out, {"descr": np.lib.format.dtype_to_descr(dtype),
+                                               "fortran_order": fortran, "shape": shape})
+    members[key + ".npy"] = out.getvalue() + data
+    with zipfile.ZipFile(path, "w") as z:
+        for name, b in members.items():
+            z.writestr(name, b)
+
+
+@pytest.mark.parametrize("key", ["params", "norm_state", "optimizer_state_1", "rng", "config"])
+@pytest.mark.parametrize("shape", [(10 ** 12,), (10 ** 5, 10 ** 5)], ids=["1e12", "1e10"])
+def test_array_header_claiming_more_data_than_the_file_holds_is_refused(saved, key, shape):
+    _forge_header(saved, key, shape)
+
+    def load():
+        with pytest.raises(fb.ModelFileError, match=rf"the array '{key}' claims .* but the file holds \d+ bytes"):
+            fb.Network.load(saved)
+    assert _peak_bytes(load) < 4 << 20
+
+
+def test_optimizer_state_header_of_the_wrong_size_is_refused_before_reading(saved):
+    _forge_header(saved, "optimizer_state_0", (5,))   # claims less than it holds: consistent, but wrong
+    with pytest.raises(fb.ModelFileError, match=r"optimizer state 0 has shape \(5,\) float64, expected"):
+        fb.Network.load(saved)
+
+
+def test_header_check_keeps_old_files_loading(saved):
+    back = fb.Network.load(saved)
+    with np.load(saved) as f:
+        assert np.array_equal(back.params, f["params"]) and np.array_equal(back.norm_state, f["norm_state"])

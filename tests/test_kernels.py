@@ -706,6 +706,32 @@ def test_optimizer_matches_torch_algorithm(make, dtype, start, rng):
             assert_close(buf, ref[name], dtype, np.abs(ref[name]).max())
 
 
+@pytest.mark.parametrize("make", OPTIMIZERS)
+def test_hyper_parameters_are_packed_by_name(make):
+    # the array the kernel reads holds the NamedTuple's fields in order; the dispatcher's index
+    # constants name those positions
+    from fastbp.kernels import optim as KO
+    opt = make()
+    named = opt.hparams()
+    assert type(named) is KO.HPARAMS[opt.kind]
+    hp = opt._hparams()
+    assert hp.dtype == np.float64 and hp.tolist() == [float(v) for v in named]
+    prefix = {KO.SGD: "SGD_", KO.ADAM: "ADAM_", KO.RMSPROP: "RMS_"}[opt.kind]
+    for i, field in enumerate(named._fields):
+        assert getattr(KO, prefix + field.upper()) == i
+    assert opt._hparams() is hp   # one array per optimizer, rewritten in place
+
+
+def test_optimizer_state_by_name():
+    for opt, fields, sizes in ((fb.Adam(amsgrad=True), ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"), (1, 1, 1)),
+                               (fb.SGD(momentum=0.9), ("momentum_buffer", "unused_1", "unused_2"), (1, 0, 0)),
+                               (fb.RMSprop(centered=True), ("square_avg", "grad_avg", "momentum_buffer"), (1, 1, 0))):
+        net = fb.Network([3, 4, 2])
+        state = opt._bind(net)
+        assert state._fields == fields and opt.state_arrays() is state
+        assert [a.size for a in state] == [s * net.params.size for s in sizes]
+
+
 def test_sgd_one_step_by_hand():
     # t = 2, mu = 0.9, wd = 0.1:  d = 0.4 + 0.1 * 1 = 0.5;  buf = 0.9 * 0.2 + 0.5 = 0.68
     # nesterov: d = 0.5 + 0.9 * 0.68 = 1.112;  p = 1 - 0.1 * 1.112 = 0.8888

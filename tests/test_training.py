@@ -1,5 +1,6 @@
 """Training behaviour: learning, determinism, dtypes, threads, allocation, divergence."""
 
+import re
 import threading
 import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
@@ -9,9 +10,11 @@ import pytest
 from numba.core.runtime import _nrt_python, rtsys
 
 import fastbp as fb
+import fastbp._blas as blas
 import fastbp._buffers as buffers
 import fastbp.network as network_module
 from fastbp._blas import BLAS_INFO, _direct_kernels
+from fastbp._training import Runner
 from fastbp.kernels import network as K
 
 from .conftest import make_data
@@ -84,9 +87,19 @@ def test_float32_matches_float64(rng):
     np.testing.assert_allclose(nets[0].predict_proba(X), nets[1].predict_proba(X), atol=1e-4)
 
 
-def test_dx_via_transpose_only_where_it_pays():
-    # small float32 layers take dX = dZ (W^T copied) (OpenBLAS's direct small-matrix path), others dZ W^T
-    ours = _direct_kernels(BLAS_INFO)
+DIRECT_INFO = {"provider": "numpy-openblas", "omatcopy": "numpy-openblas",
+               "config": "OpenBLAS 0.3.31 USE64BITINT DYNAMIC_ARCH NO_AFFINITY SkylakeX MAX_THREADS=64"}
+
+
+@pytest.mark.parametrize("blas_info", ["this machine's", "with direct kernels", "without"])
+def test_dx_via_transpose_only_where_it_pays(blas_info, monkeypatch):
+    # small float32 layers take dX = dZ (W^T copied) (OpenBLAS's direct small-matrix path), others dZ W^T;
+    # the layer table is checked for a BLAS with and one without those kernels on every CPU
+    if blas_info != "this machine's":
+        monkeypatch.setattr(blas, "BLAS_INFO", DIRECT_INFO if blas_info == "with direct kernels"
+                            else dict(DIRECT_INFO, config=DIRECT_INFO["config"].replace("SkylakeX", "Haswell")))
+    ours = _direct_kernels(blas.BLAS_INFO)
+    assert ours == (blas_info == "with direct kernels") or blas_info == "this machine's"
     wt = lambda net, m: list(net._workspace(m)[1][:, K.WT])  # noqa: E731
     assert wt(fb.Network([64, 64, 64, 10]), 32) == ([0, 1, 1] if ours else [0, 0, 0])
     assert wt(fb.Network([64, 64, 64, 10], dtype=np.float64), 32) == [0, 0, 0]
@@ -233,7 +246,11 @@ def test_validation_history_and_dropout_off_at_inference(rng):
     net = fb.Network([5, 32, 3], dropout=0.5, seed=0)
     h = net.fit(X, y, epochs=4, batch_size=20, validation_data=(X, y))
     assert set(h.history) == {"loss", "accuracy", "lr", "val_loss", "val_accuracy"} and h.epoch == [0, 1, 2, 3]
-    assert np.array_equal(net.predict_proba(X), net.predict_proba(X))  # deterministic: no dropout
+    P = net.predict_proba(X)
+    assert np.array_equal(P, net.predict_proba(X))   # deterministic: no dropout masks drawn
+    same = fb.Network([5, 32, 3], dropout=0.0, seed=0)
+    same.set_weights(net.get_weights())
+    assert np.array_equal(P, same.predict_proba(X))   # ...and no dropout scaling: the network without dropout
     assert net.evaluate(X, y)["loss"] == pytest.approx(h.history["val_loss"][-1], rel=1e-6)
 
 
@@ -247,20 +264,15 @@ def test_steady_state_training_allocates_nothing(rng):
     opt = fb.Adam()
 
     def run_epoch(n_rows):
-        ws, layout, fpar, meta = net._workspace(64)
-        s1, s2, s3 = opt._bind(net)
         Xs, ys = X[:n_rows], y[:n_rows].astype(np.int64)
-        perm = np.arange(n_rows, dtype=np.int64)
-        Xb = np.empty((64, 32), np.float32)
-        Lb = np.empty(64, np.int64)
-        n_batches = (n_rows + 63) // 64
-        stats = np.empty((n_batches, 2))
-        before = _nrt_allocs()
-        K.train_epoch(net._kernels(opt.kind, True), net.params, net.grads, net.norm_state, ws, layout, fpar, meta,
-                      net._rng, Xs, net._no_T, ys,
-                      True, net._no_weights, perm, True, 64, 0, n_batches, opt.kind, s1, s2, s3, opt._hparams(),
-                      opt._step, Xb, net._no_T, Lb, net._no_weights, stats, net._ctl, net._tstats, net._no_pprev)
-        return _nrt_allocs() - before
+        runner = Runner(net, opt, Xs, np.zeros((0, 10), np.float32), ys, True, np.zeros(0, np.float32), 64)
+        with runner:
+            runner.start_epoch(np.random.default_rng(0))
+            before = _nrt_allocs()
+            done, status = runner.run(0, runner.n_batches)
+            after = _nrt_allocs()
+        assert (done, status) == (runner.n_batches, K.OK)
+        return after - before
 
     _nrt_python.memsys_enable_stats()
     try:
@@ -270,6 +282,23 @@ def test_steady_state_training_allocates_nothing(rng):
         _nrt_python.memsys_disable_stats()
     # the only NRT allocations are per call (unboxing arguments), none per step
     assert few == many
+
+    # the runner's Python side, one batch a call (as fit with a per-batch callback), keeps nothing
+    runner = Runner(net, opt, X, np.zeros((0, 10), np.float32), y.astype(np.int64), True,
+                    np.zeros(0, np.float32), 64)
+    with runner:
+        runner.start_epoch(np.random.default_rng(1))
+        runner.run(0, 2)
+        tracemalloc.start()
+        try:
+            base, _ = tracemalloc.get_traced_memory()
+            tracemalloc.reset_peak()
+            for b in range(2, runner.n_batches):
+                runner.run(b, b + 1)
+            current, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert peak - base < 64 * 128 * 4 / 4 and current - base < 4096
 
     # and the Python side of train_step allocates no arrays: traced memory stays flat
     Xb, yb = X[:64], y[:64]
@@ -305,9 +334,16 @@ def test_divergence_stops_and_keeps_last_finite_weights(rng):
 
 
 def test_fit_divergence_keeps_history_and_finite_weights(rng):
+    # the rate grows tenfold an epoch until a step overflows: the finished epochs stay in the history
     X, y = make_data(rng, 64, 4, 1, "mse", np.float32)
     net = fb.Network([4, 16, 1], output="identity", seed=0)
-    with pytest.raises(fb.DivergenceError, match="epoch"):
-        net.fit(X, y * 1e18, epochs=50, batch_size=8, optimizer=fb.SGD(lr=10.0))
+    with pytest.raises(fb.DivergenceError, match=r"epoch \d+, batch \d+") as exc:
+        net.fit(X, y, epochs=30, batch_size=8, optimizer=fb.SGD(lr=1e-3), schedule=fb.ExponentialDecay(10.0))
+    failed = int(re.search(r"epoch (\d+),", str(exc.value)).group(1))
+    assert failed > 1
+    h = net.history
+    assert h.epoch == list(range(failed - 1)) and set(h.history) == {"loss", "lr"}
+    assert h.history["lr"] == pytest.approx([1e-3 * 10.0 ** e for e in h.epoch])
+    assert len(h.history["loss"]) == failed - 1 and np.all(np.isfinite(h.history["loss"]))
+    assert not h.interrupted
     assert np.all(np.isfinite(net.params))
-    assert net.history is not None

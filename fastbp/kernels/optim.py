@@ -11,6 +11,8 @@ every gradient as it is read (gradient clipping by global norm, fused into the
 update: 1.0 when not clipping).
 """
 
+from typing import NamedTuple
+
 import numpy as np
 from numba import njit
 from numba.extending import overload
@@ -20,6 +22,59 @@ from .kset import ALL, OPT_BIT, has
 from .mathfn import like
 
 SGD, ADAM, RMSPROP = range(3)
+
+
+# ---- hyper-parameters by name ------------------------------------------------------------------
+# The compiled update takes them as one float64 array ``hp`` (flags as 0.0/1.0); ``pack`` writes
+# a NamedTuple into it and the dispatcher below reads it back through the index constants, so
+# the order is written down once, here.
+class SGDHparams(NamedTuple):
+    lr: float
+    momentum: float
+    dampening: float
+    weight_decay: float
+    nesterov: bool
+
+
+class AdamHparams(NamedTuple):
+    lr: float
+    beta1: float
+    beta2: float
+    eps: float
+    weight_decay: float
+    decoupled: bool      # AdamW: p *= 1 - lr wd instead of g += wd p
+    amsgrad: bool
+    eps_hat: bool        # eps added before the bias correction (Keras, scikit-learn)
+
+
+class RMSpropHparams(NamedTuple):
+    lr: float
+    alpha: float
+    eps: float
+    weight_decay: float
+    momentum: float
+    centered: bool
+
+
+HPARAMS = {SGD: SGDHparams, ADAM: AdamHparams, RMSPROP: RMSpropHparams}
+
+SGD_LR, SGD_MOMENTUM, SGD_DAMPENING, SGD_WEIGHT_DECAY, SGD_NESTEROV = range(len(SGDHparams._fields))
+(ADAM_LR, ADAM_BETA1, ADAM_BETA2, ADAM_EPS, ADAM_WEIGHT_DECAY, ADAM_DECOUPLED, ADAM_AMSGRAD,
+ ADAM_EPS_HAT) = range(len(AdamHparams._fields))
+(RMS_LR, RMS_ALPHA, RMS_EPS, RMS_WEIGHT_DECAY, RMS_MOMENTUM, RMS_CENTERED) = range(len(RMSpropHparams._fields))
+
+
+def new_hparams_array(kind):
+    """The float64 array ``pack`` writes optimizer ``kind``'s hyper-parameters into (one per
+    optimizer, reused every step)."""
+    return np.zeros(len(HPARAMS[kind]._fields), np.float64)
+
+
+def pack(hp, hparams):
+    """Write the NamedTuple ``hparams`` into ``hp`` (no allocation) and return ``hp``."""
+    for i, v in enumerate(hparams):
+        hp[i] = v
+    return hp
 
 
 @njit(**INLINE)
@@ -102,19 +157,22 @@ def _optimizer_update_in(kset, kind, p, g, s1, s2, s3, hp, t, gscale):
 
     def impl(kset, kind, p, g, s1, s2, s3, hp, t, gscale):
         if sgd and kind == SGD:
-            sgd_update(p, g, s1, t, hp[0], hp[1], hp[2], hp[3], hp[4] != 0.0, gscale)
+            sgd_update(p, g, s1, t, hp[SGD_LR], hp[SGD_MOMENTUM], hp[SGD_DAMPENING], hp[SGD_WEIGHT_DECAY],
+                       hp[SGD_NESTEROV] != 0.0, gscale)
         elif adam and kind == ADAM:
-            adam_update(p, g, s1, s2, s3, t, hp[0], hp[1], hp[2], hp[3], hp[4], hp[5] != 0.0, hp[6] != 0.0,
-                        hp[7] != 0.0, gscale)
+            adam_update(p, g, s1, s2, s3, t, hp[ADAM_LR], hp[ADAM_BETA1], hp[ADAM_BETA2], hp[ADAM_EPS],
+                        hp[ADAM_WEIGHT_DECAY], hp[ADAM_DECOUPLED] != 0.0, hp[ADAM_AMSGRAD] != 0.0,
+                        hp[ADAM_EPS_HAT] != 0.0, gscale)
         elif rmsprop and kind == RMSPROP:
-            rmsprop_update(p, g, s1, s2, s3, hp[0], hp[1], hp[2], hp[3], hp[4], hp[5] != 0.0, gscale)
+            rmsprop_update(p, g, s1, s2, s3, hp[RMS_LR], hp[RMS_ALPHA], hp[RMS_EPS], hp[RMS_WEIGHT_DECAY],
+                           hp[RMS_MOMENTUM], hp[RMS_CENTERED] != 0.0, gscale)
     return impl
 
 
 @njit(**JIT)
 def optimizer_update(kind, p, g, s1, s2, s3, hp, t, gscale):
-    """Dispatch on ``kind``; ``hp`` holds the hyper-parameters in the order the
-    Python optimizer classes document, s1..s3 the state buffers they allocate."""
+    """Dispatch on ``kind``; ``hp`` holds the hyper-parameters as ``pack`` writes them
+    (the fields of HPARAMS[kind]), s1..s3 the state buffers the optimizer allocates."""
     optimizer_update_in(ALL, kind, p, g, s1, s2, s3, hp, t, gscale)
 
 

@@ -1,0 +1,288 @@
+"""The training runner: what one fit needs besides the model, built once, reused every epoch.
+
+``Runner(net, opt, X, T, labels, use_labels, sw, batch_size)`` owns the per-fit scratch (the
+gathered batch Xb/Tb/Lb/Wb, per-batch stats, the control and gradient-health arrays, the
+order and permutation) and runs batches ``[b0, b1)`` of an epoch as one compiled call
+(``kernels.network.train_epoch``). ``Network.fit`` and the scikit-learn estimators train
+through it; it is the only caller of ``train_epoch`` outside the tests of the kernels.
+
+The protocol between ``Network`` and its users inside fastbp (this module, ``_io`` and the
+scikit-learn estimators). Beyond the public attributes (``params``, ``grads``,
+``norm_state``, ``dtype``, ``layer_sizes``, ``n_outputs``, ``is_classifier``, ``optimizer``)
+they use only these members:
+
+- ``net._rng``: the dropout generator's state, a (1,) uint64 array the kernels advance;
+  ``net._shuffle_rng``, ``net._split_seed``: the shuffling generator, validation_split's seed;
+- ``net._l2``: scikit-learn's L2 strength (0.0: off), read when a runner is built;
+- ``net._loss_code``: the kernels' code of the output/loss pair;
+- ``net._borrow(n)``: a context manager giving the workspace ``(ws, layout, fpar, meta)``
+  for batches of up to ``n`` rows; ``net._drop_workspace(n)`` forgets a one-off size;
+- ``net._training_kernels(kind)``: the KernelSet of a training step with optimizer ``kind``;
+- ``net._views(flat)``: per layer (W, b) or (W, b, gamma, beta) views into any array laid
+  out as ``params``;
+- ``net._check_xyw(X, y, sample_weight, class_weight, names)``: checked data
+  ``(X, T, labels, use_labels, sw)``, with ``net._no_weights`` the empty ``sw`` (unweighted);
+- ``net._loss_grad(X, T, labels, use_labels, sw)``: the loss of checked data, with its
+  gradients written into ``net.grads``; ``net._predict_checked(X)``: outputs of checked X;
+- ``Network._configured(...)``, ``net._n_flat``, ``net._n_state``, ``net._allocate()``: a
+  network checked and laid out without allocating, its buffer lengths, then its buffers
+  (``_io.load``).
+
+and of an optimizer: ``opt.kind``, ``opt._bind(net)`` (its state, allocated once),
+``opt._hparams()`` (its hyper-parameters packed for the kernel), ``opt._step``, and for
+files and pickles ``opt._state_sizes(n)``, ``opt._nonneg_indices()``, ``opt._load_state``.
+"""
+
+import numbers
+import time
+import warnings
+
+import numpy as np
+
+from .callbacks import Callback
+from .errors import DivergenceError, InputError
+from .kernels import network as K
+from .kernels.losses import SIGMOID_BCE, SOFTMAX_CE
+from .schedules import Schedule, check_schedule
+
+OK = K.OK             # the status of an accepted step
+CHUNK_SECONDS = 0.1   # fit hands control back to Python about this often (progress, Ctrl-C)
+_STATUS_TEXT = {K.BAD_LOSS: "the training loss", K.BAD_GRAD: "a gradient"}
+
+
+class History:
+    """What ``fit`` returns: ``history`` maps a metric name to its per-epoch values."""
+
+    def __init__(self):
+        self.history = {}
+        self.epoch = []
+        self.interrupted = False   # True when Ctrl-C stopped the fit
+
+    def _append(self, epoch, **values):
+        self.epoch.append(epoch)
+        for k, v in values.items():
+            self.history.setdefault(k, []).append(v)
+
+    def __repr__(self):
+        return f"History(epochs={len(self.epoch)}, keys={list(self.history)})"
+
+
+def raise_diverged(net, status, loss, where):
+    """The DivergenceError of a refused step (``status`` from the kernels)."""
+    if np.all(np.isfinite(net.params)):
+        kept = "the step was not applied, so the network keeps the weights of the last finite step"
+    else:   # finite loss and gradients, finite hyper-parameters, and yet an update overflowed
+        kept = (f"the step was not applied, but an earlier update overflowed {net.dtype.name}: the weights "
+                f"are no longer finite")
+    raise DivergenceError(
+        f"{_STATUS_TEXT[status]} became non-finite ({where}, batch loss {loss}); {kept}. Lower the "
+        f"learning rate or check the data scale.")
+
+
+class Runner:
+    """Mini-batch training of ``net`` by ``opt`` on checked data, ``batch_size`` rows a batch.
+
+    Use it within ``with runner:`` (which holds the network's workspace); per epoch call
+    ``start_epoch`` and then ``run`` over the batches (in one call or in chunks). ``stats[b]``
+    holds batch b's loss, its number of correct predictions and (``record_penalty``) the L2
+    penalty included in its loss; ``tstats[l]`` with ``track_gradients`` the sums over the
+    epoch's batches of layer l's gradient norm and update ratio.
+    """
+
+    def __init__(self, net, opt, X, T, labels, use_labels, sw, batch_size, clip_norm=None,
+                 track_gradients=False, record_penalty=False):
+        self.net, self.opt = net, opt
+        self.X, self.T, self.labels, self.use_labels, self.sw = X, T, labels, use_labels, sw
+        N, d = X.shape
+        self.N, self.batch_size = N, batch_size
+        self.n_batches = n_batches = (N + batch_size - 1) // batch_size
+        self.order = np.arange(N, dtype=np.int64)
+        self.perm = self.order.copy()
+        self.Xb = np.empty((batch_size, d), net.dtype)
+        self.Tb = np.empty((batch_size if not use_labels else 0, net.n_outputs), net.dtype)
+        self.Lb = np.empty(batch_size if use_labels else 0, np.int64)
+        self.Wb = np.empty(batch_size if sw.shape[0] else 0, net.dtype)
+        self.stats = np.zeros((n_batches, 3 if record_penalty else 2), np.float64)
+        self.sizes = np.full(n_batches, float(batch_size))
+        self.sizes[-1] = N - (n_batches - 1) * batch_size
+        self.ctl = np.zeros(3, np.float64)
+        self.ctl[K.CLIP], self.ctl[K.TRACK], self.ctl[K.L2] = clip_norm or 0.0, float(track_gradients), net._l2
+        self.tstats = np.zeros((len(net.layer_sizes) - 1, 2), np.float64)
+        self.pprev = np.empty_like(net.params) if track_gradients else np.zeros(0, net.dtype)
+        self.state = opt._bind(net)
+        self.hp = opt._hparams()
+        self.kset = net._training_kernels(opt.kind)
+        self.chunk = 1          # batches per call when Python wants control back every CHUNK_SECONDS
+        self._ws = self._borrowed = None
+
+    def __enter__(self):
+        self._borrowed = self.net._borrow(self.batch_size)
+        self._ws = self._borrowed.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        borrowed, self._borrowed, self._ws = self._borrowed, None, None
+        return borrowed.__exit__(*exc)
+
+    def start_epoch(self, shuffle_rng=None):
+        """Take the optimizer's current hyper-parameters (a schedule may have changed the rate),
+        reset the gradient tallies and, with ``shuffle_rng``, draw the epoch's order afresh
+        from 0..N-1 (so that it depends only on the generator's state: resuming repeats it)."""
+        self.hp = self.opt._hparams()
+        self.tstats[...] = 0.0
+        if shuffle_rng is not None:
+            self.perm[...] = self.order
+            shuffle_rng.shuffle(self.perm)
+
+    def run(self, b0, b1, perm=None, shuffle=True):
+        """Train batches ``[b0, b1)`` in the order ``perm`` (default: the runner's, drawn by
+        ``start_epoch``) or, unshuffled, as stored. Returns (next batch, status): at a step
+        that was refused (status not OK) it stops and returns that batch."""
+        net = self.net
+        ws, layout, fpar, meta = self._ws
+        s1, s2, s3 = self.state
+        return K.train_epoch(self.kset, net.params, net.grads, net.norm_state, ws, layout, fpar, meta, net._rng,
+                             self.X, self.T, self.labels, self.use_labels, self.sw,
+                             self.perm if perm is None else perm, bool(shuffle), self.batch_size, b0, b1,
+                             self.opt.kind, s1, s2, s3, self.hp, self.opt._step, self.Xb, self.Tb, self.Lb, self.Wb,
+                             self.stats, self.ctl, self.tstats, self.pprev)
+
+    def run_epoch(self, shuffle, should_stop, batch_callbacks=(), per_batch=False, progress=None, where=""):
+        """Every batch of the epoch in chunks of about CHUNK_SECONDS (one batch a call when a
+        callback needs every batch), calling ``on_batch_end`` and ``progress`` after each chunk
+        and stopping when ``should_stop()``. A refused step raises DivergenceError (after the
+        batch callbacks saw it) unless a callback set ``net.stop_training``. Returns the
+        number of batches trained."""
+        net, n_batches, stats, sizes = self.net, self.n_batches, self.stats, self.sizes
+        bi = 0
+        while bi < n_batches and not should_stop():
+            b1 = min(n_batches, bi + (1 if per_batch else self.chunk))
+            tc = time.perf_counter()
+            done, status = self.run(bi, b1, shuffle=shuffle)
+            dt = time.perf_counter() - tc
+            if status != OK:
+                logs = {"loss": float(stats[done, 0]), "size": int(sizes[done])}
+                for cb in batch_callbacks:
+                    cb.on_batch_end(done, logs)
+                if progress is not None:
+                    progress.close()
+                if net.stop_training:   # a callback (TerminateOnNaN) chose to stop quietly
+                    return done
+                raise_diverged(net, status, stats[done, 0], f"{where}batch {done + 1}")
+            self.chunk = max(1, min(n_batches, int(CHUNK_SECONDS * (b1 - bi) / max(dt, 1e-9))))
+            for b in range(bi, b1) if batch_callbacks else ():
+                logs = {"loss": float(stats[b, 0]), "size": int(sizes[b])}
+                for cb in batch_callbacks:
+                    cb.on_batch_end(b, logs)
+            if progress is not None:
+                progress.update(int(sizes[bi:b1].sum()), float(stats[b1 - 1, 0]))
+            bi = b1
+            if net.stop_training:
+                break
+        return bi
+
+    def mean_loss(self):
+        """The epoch's mean batch loss weighted by batch rows (as Keras)."""
+        return float(self.stats[:, 0] @ self.sizes / self.N)
+
+    def accuracy(self):
+        """The fraction of the epoch's rows predicted correctly (counted as each batch trained)."""
+        return float(self.stats[:, 1].sum() / self.N)
+
+    def penalty(self):
+        """The epoch's L2 penalty (included in its loss; needs ``record_penalty``): the mean over
+        batches b of l2/(2 s_b) sum W^2 with the weights before batch b, weighted by batch rows."""
+        return float(self.stats[:, 2] @ self.sizes / self.N)
+
+    def gradient_logs(self):
+        """Per layer l the epoch's mean ``grad_norm_<l>`` and ``update_ratio_<l>`` (track_gradients)."""
+        logs = {}
+        for l in range(self.tstats.shape[0]):
+            logs[f"grad_norm_{l}"] = float(self.tstats[l, 0] / self.n_batches)
+            logs[f"update_ratio_{l}"] = float(self.tstats[l, 1] / self.n_batches)
+        return logs
+
+
+def warn_interrupted(epoch, done, n_batches):
+    """fit's warning after Ctrl-C: inside epoch ``epoch`` after ``done`` batches, or after it."""
+    if done < n_batches:
+        warnings.warn(f"Training interrupted by user in epoch {epoch + 1} after {done} of {n_batches} "
+                      f"batches; the network keeps its weights and the history of the finished "
+                      f"epochs.", UserWarning, stacklevel=3)
+    else:
+        warnings.warn(f"Training interrupted by user after epoch {epoch + 1}; the network keeps "
+                      f"its weights and history.", UserWarning, stacklevel=3)
+
+
+def validation_set(net, validation_data, validation_split, X, T, labels, use_labels, sw):
+    """fit's validation data checked: ((X, T, labels, sw) to train on, the validation set
+    (X, T, labels, use_labels, sw) or None), from ``validation_data`` or by ``split``."""
+    if validation_data is not None:
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
+            raise InputError("validation_data must be a pair (X_val, y_val) or a triple "
+                             "(X_val, y_val, sample_weight_val)")
+        vw = validation_data[2] if len(validation_data) == 3 else None
+        return (X, T, labels, sw), net._check_xyw(validation_data[0], validation_data[1], vw,
+                                                  names=("validation X", "validation y", "validation sample_weight"))
+    if validation_split:
+        if (isinstance(validation_split, bool) or not isinstance(validation_split, numbers.Real)
+                or not 0.0 < validation_split < 1.0):
+            raise InputError(f"validation_split must be a fraction in (0, 1), got {validation_split!r}")
+        return split(net, X, T, labels, use_labels, sw, float(validation_split))
+    return (X, T, labels, sw), None
+
+
+def split(net, X, T, labels, use_labels, sw, frac):
+    """Hold out ``frac`` of the rows as validation data (stratified for classifiers)."""
+    N = X.shape[0]
+    rng = np.random.default_rng(net._split_seed)
+    if net._loss_code == SOFTMAX_CE or (net._loss_code == SIGMOID_BCE and net.n_outputs == 1):
+        cls = labels if use_labels else (T.argmax(axis=1) if net._loss_code == SOFTMAX_CE
+                                          else (T[:, 0] > 0.5).astype(np.int64))
+        val_idx = []
+        for c in np.unique(cls):
+            idx = np.flatnonzero(cls == c)
+            rng.shuffle(idx)
+            val_idx.append(idx[:int(round(frac * idx.size))])
+        val_idx = np.concatenate(val_idx)
+    else:
+        val_idx = rng.permutation(N)[:int(round(frac * N))]
+    if val_idx.size == 0 or val_idx.size == N:
+        raise InputError(f"validation_split={frac} of {N} rows leaves no "
+                         f"{'validation' if val_idx.size == 0 else 'training'} rows")
+    mask = np.zeros(N, bool)
+    mask[np.sort(val_idx)] = True
+
+    def part(a, m):
+        return np.ascontiguousarray(a[m]) if a.shape[0] else a
+
+    train = tuple(part(a, ~mask) for a in (X, T, labels, sw))
+    if sw.shape[0] and not train[3].any():
+        raise InputError("validation_split leaves only rows of weight 0 for training")
+    val = (part(X, mask), part(T, mask), part(labels, mask), use_labels, part(sw, mask))
+    if val[4].shape[0] and not val[4].any():
+        val = val[:4] + (net._no_weights,)
+    return train, val
+
+
+def check_callbacks(callbacks, schedule):
+    """fit's ``callbacks`` and ``schedule`` checked: (the callbacks, the schedule), a Schedule
+    given in the list taken as the schedule."""
+    callbacks = list(callbacks or [])
+    for cb in callbacks:
+        if isinstance(cb, Schedule):
+            if schedule is not None and schedule is not cb:
+                raise InputError("give a schedule either in callbacks or as schedule=, not both")
+            schedule = cb
+        elif not isinstance(cb, Callback):
+            raise InputError(f"callbacks must be fastbp.callbacks.Callback instances, got {cb!r}")
+    return [cb for cb in callbacks if not isinstance(cb, Schedule)], check_schedule(schedule)
+
+
+def check_monitors(objects, keys):
+    """Every metric a callback or schedule in ``objects`` monitors must be one of ``keys``."""
+    for obj in objects:
+        for m in obj.monitors():
+            if m not in keys:
+                raise InputError(f"{type(obj).__name__} monitors {m!r}, which this fit does not record; "
+                                 f"it records {keys}")
