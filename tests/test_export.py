@@ -403,6 +403,14 @@ def test_skl2onnx_converts_fastbp_estimators(blobs):
                 (values,) = outs
                 assert [o.name for o in model.graph.output] == ["variable"]
                 _close(values, est.predict(Xd).reshape(values.shape), dtype)
+    # inside a pipeline, as any scikit-learn step
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    pipe = make_pipeline(StandardScaler().fit(X), cases[0])
+    model = skl2onnx.to_onnx(pipe, X[:1].astype(np.float32), options={id(cases[0]): {"zipmap": False}})
+    label, proba = _session(model).run(None, {"X": X.astype(np.float32)})
+    np.testing.assert_array_equal(label, pipe.predict(X))
+    _close(proba, pipe.predict_proba(X), np.float32)
     # option nocl: labels are the class indices
     model = skl2onnx.to_onnx(cases[0], X[:1], options={id(cases[0]): {"zipmap": False, "nocl": True}})
     np.testing.assert_array_equal(_session(model).run(None, {"X": X})[0], cases[0].predict_proba(X).argmax(axis=1))
