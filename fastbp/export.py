@@ -363,6 +363,10 @@ def from_torch(module, loss=None, dtype=None, seed=0):
         raise ValueError(f"from_torch reads an nn.Sequential of Linear and activation layers, got "
                          f"{type(module).__name__}: a custom forward() cannot be read as a plain MLP")
     mods = _flatten(module, nn)
+
+    def _np(t):   # float32/float64 stay as they are; others (half, bfloat16) go through float64
+        t = t.detach().cpu()
+        return (t if t.dtype in (torch.float32, torch.float64) else t.double()).numpy()
     where = {id(m): f"module {i} ({m!r})" for i, m in enumerate(mods)}
     act_of = {nn.ReLU: "relu", nn.Sigmoid: "sigmoid", nn.Tanh: "tanh", nn.Identity: "identity"}
     Exp = _exp_module()
@@ -374,8 +378,8 @@ def from_torch(module, loss=None, dtype=None, seed=0):
         if not isinstance(lin, nn.Linear):
             raise ValueError(f"{where[id(lin)]}: expected a Linear layer here (a plain MLP is Linear, "
                              f"[BatchNorm1d|LayerNorm], activation, [Dropout], ..., Linear, [output])")
-        W = lin.weight.detach().cpu().numpy().T
-        b = lin.bias.detach().cpu().numpy() if lin.bias is not None else np.zeros(W.shape[1], W.dtype)
+        W = _np(lin.weight).T
+        b = _np(lin.bias) if lin.bias is not None else np.zeros(W.shape[1], W.dtype)
         if sizes and sizes[-1] != W.shape[0]:
             raise ValueError(f"{where[id(lin)]}: takes {W.shape[0]} inputs but the layer before gives {sizes[-1]}")
         if not sizes:
@@ -415,12 +419,12 @@ def from_torch(module, loss=None, dtype=None, seed=0):
             norm = "layer"
         if norm is not None:
             eps.add(float(m.eps))
-            gamma = (m.weight.detach().cpu().numpy() if getattr(m, "weight", None) is not None
+            gamma = (_np(m.weight) if getattr(m, "weight", None) is not None
                      else np.ones(k, W.dtype))
-            beta = m.bias.detach().cpu().numpy() if getattr(m, "bias", None) is not None else np.zeros(k, W.dtype)
+            beta = _np(m.bias) if getattr(m, "bias", None) is not None else np.zeros(k, W.dtype)
             layer += [gamma, beta]
             if norm == "batch":
-                layer += [m.running_mean.detach().cpu().numpy(), m.running_var.detach().cpu().numpy()]
+                layer += [_np(m.running_mean), _np(m.running_var)]
             i += 1
         act = "identity"
         m = mods[i] if i < len(mods) else None
@@ -479,11 +483,11 @@ def from_torch(module, loss=None, dtype=None, seed=0):
     if len(momentum) > 1:
         raise ValueError(f"the batch norm layers use different momentum {sorted(momentum)}; a fastbp network "
                          f"has one norm_momentum")
-    pdtype = weights[0][0].dtype
     if dtype is None:
-        if pdtype not in (np.float32, np.float64):
+        pdtype = mods[0].weight.dtype
+        if pdtype not in (torch.float32, torch.float64):
             raise ValueError(f"module 0: parameters are {pdtype}; give dtype='float32' or 'float64'")
-        dtype = pdtype
+        dtype = np.float32 if pdtype == torch.float32 else np.float64
     kw = {}
     if eps:
         kw["norm_eps"] = eps.pop()
@@ -608,7 +612,8 @@ def _convert(scope, operator, container, classifier):
     opset = container.target_opset
     if isinstance(opset, dict):
         opset = opset.get("", DEFAULT_OPSET)
-    g = _Graph(net.dtype, min(int(opset or DEFAULT_OPSET), 10**6), scope.get_unique_variable_name)
+    opset = int(opset or DEFAULT_OPSET)
+    g = _Graph(net.dtype, opset, scope.get_unique_variable_name)
     x_net = g.op("Cast", [x], "cast_input", to=net_type)      # predict casts X to the network's dtype
     y = _network_nodes(g, net, x_net, g.unique("network_output"))
     # back to the input's type, as the estimators' predict_proba for wider input (and the declared type)

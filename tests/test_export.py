@@ -213,6 +213,10 @@ def test_torch_float32_and_plain_sequential():
     with torch.inference_mode():
         _close(net.predict_proba(X), seq(torch.as_tensor(X)).numpy(), np.float32)
     assert E.from_torch(seq, dtype="float64").dtype == np.float64
+    half = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)).to(torch.bfloat16)
+    hnet = E.from_torch(half, dtype="float32")
+    assert hnet.dtype == np.float32
+    np.testing.assert_array_equal(hnet.get_weights()[0][0], half[0].weight.detach().float().numpy().T)
     back = E.to_torch(net)
     assert [type(m).__name__ for m in back] == ["Linear", "Tanh", "Dropout", "Linear", "GELU", "Linear"]
     assert back[0].weight.dtype == torch.float32
@@ -250,7 +254,7 @@ def test_from_torch_rejects_what_is_not_a_plain_mlp():
          r"module 3 .*LogSoftmax is not an output"),
         (nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4, eps=1e-3), nn.ReLU(), nn.Linear(4, 4), nn.LayerNorm(4),
                        nn.ReLU(), nn.Linear(4, 2)), "different eps"),
-        (nn.Sequential(nn.Linear(3, 4, dtype=torch.float16), nn.Linear(4, 2, dtype=torch.float16)), "give dtype"),
+        (nn.Sequential(nn.Linear(3, 4, dtype=torch.bfloat16), nn.Linear(4, 2, dtype=torch.bfloat16)), "give dtype"),
     ]
     for module, match in cases:
         with pytest.raises(ValueError, match=match):
