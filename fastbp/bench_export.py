@@ -158,7 +158,7 @@ def main(argv=None):
             if err > AGREE_RTOL:
                 raise RuntimeError(f"{name}: {peer}'s outputs differ from fastbp's by {err:.2g} (relative)")
     cols = [q for q in peers if q != "fastbp"]
-    print("\nsamples/s (median over rounds); in brackets fastbp / peer, the median of per-round ratios "
+    print("\nsamples/s (median over rounds); \"vs PEER\": fastbp / peer, the median of per-round ratios "
           "(> 1: fastbp faster)")
     print(f"{'workload':<9}{'batch':>6}" + "".join(f"{q:>12}" for q in peers) + "".join(f"{'vs ' + q:>12}" for q in cols))
     for name in names:
