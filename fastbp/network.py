@@ -468,5 +468,24 @@ class Network:
         """Read a file written by :meth:`save`; raises ModelFileError for anything else."""
         return _io.load(cls, path)
 
+    # ---- interchange (fastbp.export; onnx and torch are imported only here) ----------------
+    def to_onnx(self, path=None, opset=None, input_name="X", output_name="Y"):
+        """The inference function as an ONNX graph (:func:`fastbp.export.to_onnx`): written
+        atomically to ``path``, or returned as a ``ModelProto`` when ``path`` is None."""
+        from .export import to_onnx
+        return to_onnx(self, path, opset=opset, input_name=input_name, output_name=output_name)
+
+    def to_torch(self):
+        """The same network as a ``torch.nn.Sequential`` in eval mode, weights copied."""
+        from .export import to_torch
+        return to_torch(self)
+
+    @classmethod
+    def from_torch(cls, module, loss=None, dtype=None, seed=0):
+        """A Network from an ``nn.Sequential`` of Linear, supported activations and norms;
+        ``ValueError`` naming the module for anything that is not such a plain MLP."""
+        from .export import from_torch
+        return from_torch(module, loss=loss, dtype=dtype, seed=seed)
+
 
 __all__ = ["Network", "History", "Optimizer"]

@@ -561,6 +561,23 @@ class _BaseMLP(BaseEstimator):
         tags.input_tags.sparse = True
         return tags
 
+    def to_network(self):
+        """The fitted model as a :class:`fastbp.Network` (a copy: training one leaves the other)."""
+        check_is_fitted(self)
+        from .export import estimator_to_network
+        return estimator_to_network(self)
+
+    @classmethod
+    def from_network(cls, net, classes=None, **params):
+        """A fitted estimator computing what ``net`` computes, for scikit-learn pipelines;
+        ``classes`` names the classes of a classifier (default 0..k-1), ``params`` are the
+        estimator's constructor arguments."""
+        from .export import estimator_from_network
+        est = estimator_from_network(net, classes=classes, **params)
+        if not isinstance(est, cls):
+            raise ValueError(f"a {net.output!r} network gives a {type(est).__name__}, not a {cls.__name__}")
+        return est
+
 
 class _Optimizer:
     """scikit-learn's SGDOptimizer / AdamOptimizer bookkeeping around a fastbp optimizer.

@@ -92,7 +92,7 @@ def test_onnx_matches_predict_proba(pair, dtype):
 def test_onnx_file_names_and_dynamic_batch(tmp_path):
     net = _all_activations_net("softmax", "cross_entropy", np.float64)
     path = tmp_path / "model.onnx"
-    assert E.to_onnx(net, path, input_name="features", output_name="proba") == path
+    assert net.to_onnx(path, input_name="features", output_name="proba") == path   # the method is the function
     model = onnx.load(path)
     onnx.checker.check_model(model)
     (inp,), (out,) = model.graph.input, model.graph.output
@@ -174,7 +174,7 @@ def test_torch_round_trip_predictions_and_gradients(pair):
     net = _all_activations_net(output, loss, np.float64, shift=shift)
     rng = np.random.default_rng(200 + shift)
     X = rng.standard_normal((33, N_IN))
-    seq = E.to_torch(net)
+    seq = net.to_torch()
     assert not seq.training
     with torch.inference_mode():
         _close(seq(torch.as_tensor(X)).numpy(), net.predict_proba(X), np.float64, "to_torch predictions")
@@ -206,7 +206,7 @@ def test_torch_float32_and_plain_sequential():
     torch.manual_seed(0)
     seq = nn.Sequential(nn.Linear(N_IN, 6), nn.Tanh(), nn.Dropout(0.25),
                         nn.Sequential(nn.Linear(6, 4), nn.GELU(approximate="tanh")), nn.Linear(4, 2)).eval()
-    net = E.from_torch(seq)
+    net = fb.Network.from_torch(seq)
     assert net.dtype == np.float32 and net.activations == ["tanh", "gelu"] and net.dropout == [0.25, 0.0]
     assert (net.output, net.loss) == ("identity", "mse")
     X = np.random.default_rng(1).standard_normal((50, N_IN)).astype(np.float32)
@@ -302,7 +302,9 @@ def test_estimator_from_network_and_back(blobs):
     # multiclass softmax, with labels
     net = _randomize(fb.Network([N_IN, 6, 6, 3], activation="sigmoid", output="softmax", dtype=np.float64), rng)
     labels = np.array(["a", "b", "c"])
-    est = E.estimator_from_network(net, classes=labels)
+    est = MLPClassifier.from_network(net, classes=labels)
+    with pytest.raises(ValueError, match="gives a MLPClassifier, not a MLPRegressor"):
+        MLPRegressor.from_network(net)
     assert isinstance(est, MLPClassifier) and est.activation == "logistic" and est.hidden_layer_sizes == (6, 6)
     np.testing.assert_array_equal(est.classes_, labels)
     P = net.predict_proba(X)
@@ -368,7 +370,7 @@ def test_fitted_fastbp_estimator_to_network(blobs):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         est.fit(X, y)
-    net = E.estimator_to_network(est)
+    net = est.to_network()
     assert net.activations == ["elu"] and net.output == "softmax"
     np.testing.assert_array_equal(net.predict_proba(X), est.predict_proba(X))
 
@@ -428,3 +430,18 @@ def test_skl2onnx_converts_fastbp_estimators(blobs):
     P = est.predict_proba(X)
     assert all(sorted(row) == [10, 20, 30] for row in proba)
     _close(np.array([[row[c] for c in (10, 20, 30)] for row in proba]), P, np.float32)
+
+
+# ---- the command line ------------------------------------------------------------------------------------
+def test_cli_writes_model_onnx_next_to_model_npz(tmp_path):
+    from fastbp import cli
+    cfg = tmp_path / "x.toml"
+    cfg.write_text('[data]\nkind = "xor"\nn_samples = 64\n[model]\nhidden = [4]\n'
+                   '[training]\nepochs = 1\nverbose = 0\n[output]\nplot = false\nonnx = true\n')
+    assert cli.main(["train", str(cfg), "--out", str(tmp_path / "run")]) == 0
+    net = fb.Network.load(tmp_path / "run" / "model.npz")
+    model = onnx.load(tmp_path / "run" / "model.onnx")
+    onnx.checker.check_model(model)
+    x = np.random.default_rng(0).standard_normal((7, 2)).astype(np.float32)
+    (got,) = _session(model).run(None, {"X": x})
+    _close(got, net.predict_proba(x), np.float32)

@@ -14,7 +14,7 @@ A train config has five sections (every key but ``data.kind`` is optional)::
     [schedule]   name = "CosineAnnealing" (or "cosine"), and that schedule's arguments
     [training]   epochs, batch_size, seed, validation_split, shuffle, clip_norm, class_weight,
                  verbose, threads, [training.early_stopping], [training.checkpoint]
-    [output]     dir, plot, save_model
+    [output]     dir, plot, save_model, onnx
 
 A sweep config adds ``[sweep]`` (method, n_trials, seed, metric, mode, save_runs, plots) and
 ``[sweep.params]``, whose dotted keys ("optimizer.lr") name train-config keys and whose

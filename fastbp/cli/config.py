@@ -2,6 +2,7 @@
 filling in its defaults (:func:`resolve`), and writing the resolved config back as TOML."""
 
 import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -38,6 +39,8 @@ def resolve(raw, ctx):
            "schedule": _schedule(ctx, section(ctx, raw, "schedule")) if "schedule" in raw else None}
     cfg["training"] = _training(ctx, raw.get("training", {}), cfg["data"], cfg["schedule"])
     cfg["output"] = check_table(ctx, raw.get("output", {}), OUTPUT, "output")
+    if cfg["output"]["onnx"] and importlib.util.find_spec("onnx") is None:
+        raise ctx.error("output.onnx", "needs the onnx package (pip install fastbp[onnx])")
     if cfg["output"]["dir"] is not None:
         cfg["output"]["dir"] = os.path.normpath(os.path.join(ctx.base, os.path.expanduser(cfg["output"]["dir"])))
     return cfg

@@ -30,7 +30,7 @@ config sections (every key but data.kind is optional; examples/configs/ has comm
                Constant (or cosine, step, ...) and its arguments
   [training]   epochs, batch_size, seed, validation_split, shuffle, clip_norm, class_weight, verbose,
                threads, track_gradients; [training.early_stopping], [training.checkpoint]
-  [output]     dir, plot, save_model
+  [output]     dir, plot, save_model, onnx
 paths in a config are relative to its folder; a config error exits with status 2."""
 
 SWEEP_EPILOG = """\

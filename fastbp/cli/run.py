@@ -131,6 +131,9 @@ def run_training(cfg, data, ctx, out, verbose=None, plot=None, log=print):
     if o["save_model"]:
         net.save(os.path.join(out, "model.npz"))
         files.insert(0, "model.npz")
+    if o["onnx"] and status != "diverged":
+        net.to_onnx(os.path.join(out, "model.onnx"))
+        files.insert(1 if o["save_model"] else 0, "model.onnx")
     summary = {
         "status": status, "error": error, "epochs": done, "time_s": seconds, "final": final, "test": test,
         "best_epoch": hist.epoch[idx] if done else None,

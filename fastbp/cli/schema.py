@@ -102,7 +102,7 @@ TRAINING = {
     "track_gradients": (boolean, False), "verbose": (integer(0, 2), 2), "threads": (integer(1), None),
     "early_stopping": ("table", EARLY_STOPPING), "checkpoint": ("table", CHECKPOINT),
 }
-OUTPUT = {"dir": (PATH, None), "plot": (boolean, True), "save_model": (boolean, True)}
+OUTPUT = {"dir": (PATH, None), "plot": (boolean, True), "save_model": (boolean, True), "onnx": (boolean, False)}
 SWEEP = {"method": (string(("grid", "random")), "grid"), "n_trials": (integer(1), None), "seed": (integer(0), 0),
          "metric": (string(RESULT_METRICS), None), "mode": (string(MODES), "auto"),
          "save_runs": (boolean, True), "plots": (boolean, False), "params": (any_table, REQUIRED)}

@@ -1,6 +1,6 @@
 """Inference speed: fastbp ``predict_proba`` against ONNX Runtime and torch on the exported model.
 
-    python -m fastbp.bench_export [--rounds 3] [--workloads small,regress,mnist,wide]
+    python -m fastbp.bench.export [--rounds 3] [--workloads small,regress,mnist,wide]
                                   [--batches 1,32,4096] [--threads 2] [--min-time 0.3]
 
 The networks are the four standard workloads' (WORKLOADS.md, float32, fastbp's initial
@@ -34,7 +34,7 @@ AGREE_RTOL = 1e-4
 
 
 def _workloads():
-    from .bench import WORKLOADS
+    from .workloads import WORKLOADS
     return WORKLOADS
 
 
@@ -96,7 +96,7 @@ def worker(peer, name, batches, threads, min_time):
 
 
 def _run_worker(peer, name, args):
-    cmd = [sys.executable, "-m", "fastbp.bench_export", "--worker", peer, "--workload", name,
+    cmd = [sys.executable, "-m", "fastbp.bench.export", "--worker", peer, "--workload", name,
            "--batches", ",".join(map(str, args.batches)), "--threads", str(args.threads),
            "--min-time", str(args.min_time)]
     env = dict(os.environ)
@@ -122,7 +122,7 @@ def _fmt(x):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m fastbp.bench_export", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m fastbp.bench.export", description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--workloads", default="small,regress,mnist,wide")
     p.add_argument("--batches", default=",".join(map(str, BATCHES)))
