@@ -15,8 +15,9 @@ started (so Python, NumPy, Numba and fastbp's imports are in it):
 - ``one change``: a network differing in one choice (activation, optimizer, dropout, norm,
   loss) run on a copy of the warm default cache: the time over the warm default run is the
   compile that choice costs.
-- ``after warmup``: ``python -m fastbp.warmup`` (``fastbp.warmup``) fills an empty cache, then
-  each configuration above (and one that changes everything) runs on it.
+- ``after warmup``: ``python -m fastbp.warmup --preset common`` (``--warmup-args``) fills an
+  empty cache, then each configuration above (and one that changes everything) runs on it; a
+  row the warmup did not cover shows its compile.
 
 Rounds alternate so that a noisy neighbour spreads over all rows; the table gives the median.
 """
@@ -104,7 +105,7 @@ def run_warmup(cache_dir, argv=()):
     return time.time() - t0
 
 
-def one_round(root, with_warmup):
+def one_round(root, with_warmup, warmup_args=()):
     """Every row once; returns {row: seconds}."""
     out = {}
     cold = tempfile.mkdtemp(prefix="cold-", dir=root)
@@ -125,7 +126,7 @@ def one_round(root, with_warmup):
         shutil.rmtree(d, ignore_errors=True)
     if with_warmup:
         d = tempfile.mkdtemp(prefix="warmup-", dir=root)
-        out["python -m fastbp.warmup (empty cache)"] = run_warmup(d)
+        out["python -m fastbp.warmup (empty cache)"] = run_warmup(d, warmup_args)
         for name, change in {"default": {}, **CHANGES, **EVERYTHING}.items():
             r = run_config(d, dict(DEFAULT, **change))
             out[f"after warmup: {name} (over warm)"] = r["fit_eval_predict"] - warm_fep
@@ -139,6 +140,9 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=1, help="rounds of every row (median reported)")
     ap.add_argument("--skip-warmup", action="store_true", help="leave out the rows after fastbp.warmup")
     ap.add_argument("--json", help="also write the samples to this file")
+    ap.add_argument("--warmup-args", default="--preset common",
+                    help="arguments of the warmup run (default: %(default)s, which covers the rows "
+                         "activation=tanh, optimizer=sgd and loss=mse but not dropout, norm or elu)")
     args = ap.parse_args(argv)
     with_warmup = not args.skip_warmup
     if with_warmup:
@@ -150,7 +154,7 @@ def main(argv=None):
     samples = {}
     try:
         for i in range(args.rounds):
-            for k, v in one_round(root, with_warmup).items():
+            for k, v in one_round(root, with_warmup, args.warmup_args.split()).items():
                 samples.setdefault(k, []).append(v)
             print(f"round {i + 1}/{args.rounds} done", file=sys.stderr, flush=True)
     finally:

@@ -28,12 +28,13 @@ from concurrent.futures import ProcessPoolExecutor
 
 PAIRS = {"cross_entropy": "softmax", "mse": "identity", "binary_cross_entropy": "sigmoid",
          "huber": "identity", "poisson": "exp"}
+_ONE = dict(norms=["none"], dropout=["no"])
 PRESETS = {
-    "default": dict(activations=["relu"], losses=["cross_entropy"], optimizers=["adam"], dtypes=["float32"]),
+    "default": dict(activations=["relu"], losses=["cross_entropy"], optimizers=["adam"], dtypes=["float32"], **_ONE),
     "common": dict(activations=["relu", "tanh", "sigmoid"], losses=["cross_entropy", "mse"],
-                   optimizers=["adam", "sgd"], dtypes=["float32"]),
+                   optimizers=["adam", "sgd"], dtypes=["float32"], **_ONE),
     "suite": dict(activations=["relu"], losses=["cross_entropy"], optimizers=["adam"],
-                  dtypes=["float32", "float64"]),
+                  dtypes=["float32", "float64"], **_ONE),
 }
 # the suite preset's jobs: one per driver group and dtype (with every kernel in, the drivers do
 # not depend on the configuration, so the groups compile in parallel)
@@ -73,13 +74,15 @@ def _task(cfg):
     return cfg, time.perf_counter() - t0
 
 
-def configurations(activations, losses, optimizers, dtypes, suite=False):
-    """The worker tasks for these choices (every combination), or the suite's all-kernel groups."""
+def configurations(activations, losses, optimizers, dtypes, norms=("none",), dropout=("no",), suite=False):
+    """The worker tasks for these choices (every combination; ``dropout`` lists "no"/"yes"), or
+    the suite's all-kernel groups."""
     if suite:
         return [dict(activation="relu", loss="cross_entropy", optimizer="adam", dtype=d, part=p)
                 for d in dtypes for p in SUITE_PARTS]
-    return [dict(activation=a, loss=l, optimizer=o, dtype=d)
-            for a, l, o, d in itertools.product(activations, losses, optimizers, dtypes)]
+    return [dict(activation=a, loss=l, optimizer=o, dtype=d, norm=None if nm == "none" else nm,
+                 dropout=0.1 if dr == "yes" else 0.0)
+            for a, l, o, d, nm, dr in itertools.product(activations, losses, optimizers, dtypes, norms, dropout)]
 
 
 def warmup(tasks, jobs=None, verbose=True):
@@ -101,7 +104,8 @@ def warmup(tasks, jobs=None, verbose=True):
 def _describe(cfg):
     if cfg.get("part"):
         return f"all kernels, {cfg['dtype']}, {cfg['part']}"
-    return f"{cfg['activation']} / {cfg['loss']} / {cfg['optimizer']} / {cfg['dtype']}"
+    extra = (f" / norm={cfg['norm']}" if cfg.get("norm") else "") + (" / dropout" if cfg.get("dropout") else "")
+    return f"{cfg['activation']} / {cfg['loss']} / {cfg['optimizer']} / {cfg['dtype']}{extra}"
 
 
 def main(argv=None):
@@ -114,6 +118,8 @@ def main(argv=None):
                     help="each with its usual output (cross_entropy: softmax, mse: identity, ...)")
     ap.add_argument("--optimizers", nargs="+", choices=names.OPTIMIZERS, metavar="NAME")
     ap.add_argument("--dtypes", nargs="+", choices=("float32", "float64"))
+    ap.add_argument("--norms", nargs="+", choices=names.NORMS, metavar="NAME")
+    ap.add_argument("--dropout", nargs="+", choices=("no", "yes"), help="compile without and/or with dropout")
     ap.add_argument("--jobs", type=int, default=None, help="processes (default: the number of cores)")
     ap.add_argument("--list", action="store_true", help="print the configurations and compile nothing")
     ap.add_argument("--quiet", action="store_true")
