@@ -3,13 +3,19 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test asv-check clean
+.PHONY: demo test warmup asv-check clean
 
 demo: $(VENV)/.installed
 	$(BIN)/python examples/demo.py
 
+# the suite runs every network on the all-kernel drivers (tests/conftest.py); warmup compiles
+# them first, one process per core, into Numba's cache (a no-op when they are cached already)
 test: $(VENV)/.installed-test
+	$(BIN)/python -m fastbp.warmup --preset suite --quiet
 	$(BIN)/python -m pytest
+
+warmup: $(VENV)/.installed
+	$(BIN)/python -m fastbp.warmup --preset common
 
 # imports every asv benchmark module (the tests also run each benchmark once)
 asv-check: $(VENV)/.installed-test

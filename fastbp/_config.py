@@ -83,3 +83,74 @@ def _install_cache_locators():
 
 
 _install_cache_locators()
+
+
+# ---- one compile per machine, not one per process ------------------------------------------
+# Two processes that need the same new driver at once (joblib or Dask workers, MPI ranks, a
+# warmup's pool) would both compile it. The entry points the Python side calls are therefore
+# dispatchers whose first compile of a signature takes an exclusive file lock in the cache
+# folder, named by the function and its argument types: the first process compiles and saves
+# to Numba's cache, and the others wait on the lock and then load that result from the cache
+# (Numba's compile looks in the cache before compiling). Only a compile started from Python
+# (not nested in another compile) locks, so two processes cannot wait on each other. Without a
+# usable cache folder, or without fcntl (Windows), each process compiles as before.
+try:
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None
+
+
+def _lock_path(disp, sig):
+    cache = getattr(disp, "_cache", None)
+    folder = getattr(cache, "_cache_path", None)
+    if fcntl is None or folder is None:
+        return None
+    from numba.core import sigutils
+    args, _ = sigutils.normalize_signature(sig)
+    key = hashlib.sha256(f"{disp.py_func.__module__}.{disp.py_func.__qualname__}{tuple(args)}".encode())
+    return os.path.join(folder, f"fastbp-compile-{disp.py_func.__name__}-{key.hexdigest()[:16]}.lock")
+
+
+def _locking_compile(self, sig):
+    from numba.core import sigutils
+    from numba.core.compiler_lock import global_compiler_lock
+    if global_compiler_lock.is_locked():   # nested in a compile of this process: no file lock
+        return self._unlocked_compile(sig)
+    args, _ = sigutils.normalize_signature(sig)
+    if not self._can_compile or tuple(args) in self.overloads:
+        return self._unlocked_compile(sig)
+    path = _lock_path(self, sig)
+    f = None
+    if path is not None:
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            f = open(path, "a")
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)   # blocks while another process compiles it
+        except OSError:
+            if f is not None:
+                f.close()
+            f = None
+    try:
+        return self._unlocked_compile(sig)
+    finally:
+        if f is not None:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+            f.close()
+
+
+_LOCKING = {}
+
+
+def compile_locked(disp):
+    """Give the Numba dispatcher ``disp`` a compile guarded by a file lock (see above); returns it."""
+    base = type(disp)
+    cls = _LOCKING.get(base)
+    if cls is None:
+        cls = type("Locking" + base.__name__, (base,), {
+            "compile": _locking_compile, "_unlocked_compile": base.compile,
+            "__module__": __name__})
+        _LOCKING[base] = cls
+        globals()[cls.__name__] = cls   # picklable by reference
+    if not isinstance(disp, cls):
+        disp.__class__ = cls
+    return disp

@@ -28,7 +28,7 @@ import numpy as np
 from numba import njit
 
 from .._blas import gemm, transpose
-from .._config import INLINE, JIT
+from .._config import INLINE, JIT, compile_locked
 from .activations import activation_backward_in, activation_forward_in
 from .dropout import dropout_backward_in, dropout_forward_in
 from .losses import _inv_total, correct_count, loss_backward_in, loss_forward_in, output_forward
@@ -320,3 +320,10 @@ def loss_all(kset, params, nstate, ws, layout, fpar, meta, rng, X, T, labels, us
             output_forward(meta[LOSS], P, Z, b)            # P = output(Z + b), no loss
         copy_rows(out, s, P)
     return total / wtotal if wtotal > 0.0 else 0.0
+
+
+# the entry points the Python side calls: their first compile of a signature is one per machine
+# at a time (_config.compile_locked)
+for _driver in (train_epoch, loss_all, train_batch, loss_forward_all, backward_all, update_running, l2_penalty):
+    compile_locked(_driver)
+del _driver
