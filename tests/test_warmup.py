@@ -101,3 +101,10 @@ def test_configurations_and_options(capsys):
     for bad in (["--jobs", "0"], ["--activations", "nope"], ["--preset", "nope"]):
         with pytest.raises(SystemExit):
             warmup.main(bad + ["--list"])
+
+
+def test_fastbp_warmup_is_the_cli_subcommand(capsys):
+    from fastbp import cli
+    assert cli.main(["warmup", "--list", "--preset", "common"]) == 0
+    listed = capsys.readouterr().out
+    assert "relu / cross_entropy / adam / float32" in listed and "tanh" in listed and "sgd" in listed

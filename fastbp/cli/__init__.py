@@ -3,6 +3,7 @@
     fastbp train CONFIG.toml [--out DIR] [--set KEY=VALUE ...] [--dry-run] [--quiet]
     fastbp sweep CONFIG.toml [--out DIR] [--set KEY=VALUE ...] [--dry-run]
     fastbp bench [--workload small] [--peers fastbp] [--rounds 1] [--quick] ...
+    fastbp warmup [--preset common] [--activations ...] [--jobs N] ...
     fastbp info [--json]
 
 A train config has five sections (every key but ``data.kind`` is optional)::

@@ -81,6 +81,9 @@ def build_parser():
     sub.add_parser("bench", add_help=False, help="the standard workloads: samples/s and GFLOP/s "
                                                  "(options of python -m fastbp.bench; see fastbp bench --help)")
 
+    sub.add_parser("warmup", add_help=False, help="compile configurations ahead of time, one process per core "
+                                                  "(options of python -m fastbp.warmup; see fastbp warmup --help)")
+
     p = sub.add_parser("info", help="versions, threads, BLAS, CPU features, Numba cache",
                        description="Print versions, thread counts, the BLAS fastbp calls, CPU features and "
                                    "where Numba caches compiled code.")
@@ -94,6 +97,9 @@ def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"]:
         return _bench(argv[1:])
+    if argv[:1] == ["warmup"]:
+        from .. import warmup
+        return warmup.main(argv[1:])
     args = build_parser().parse_args(argv)
     if tomllib is None and args.command in ("train", "sweep"):
         print("fastbp: error: reading TOML configs needs Python 3.11+ or the tomli package (pip install tomli)",

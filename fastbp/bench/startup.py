@@ -1,6 +1,6 @@
 """Start-up times: what a user waits for before the first trained batch, cold and warm.
 
-``python -m fastbp.bench_startup [--rounds R] [--skip-warmup] [--json FILE]``
+``python -m fastbp.bench.startup [--rounds R] [--skip-warmup] [--json FILE]``
 
 Every figure comes from a fresh child interpreter with its own ``NUMBA_CACHE_DIR`` in a
 temporary folder (removed afterwards), and is wall time from just before the child is
@@ -136,7 +136,7 @@ def one_round(root, with_warmup, warmup_args=()):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m fastbp.bench_startup", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m fastbp.bench.startup", description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=1, help="rounds of every row (median reported)")
     ap.add_argument("--skip-warmup", action="store_true", help="leave out the rows after fastbp.warmup")
     ap.add_argument("--json", help="also write the samples to this file")
