@@ -105,4 +105,5 @@ TRAINING = {
 OUTPUT = {"dir": (PATH, None), "plot": (boolean, True), "save_model": (boolean, True)}
 SWEEP = {"method": (string(("grid", "random")), "grid"), "n_trials": (integer(1), None), "seed": (integer(0), 0),
          "metric": (string(RESULT_METRICS), None), "mode": (string(MODES), "auto"),
-         "save_runs": (boolean, True), "plots": (boolean, False), "params": (any_table, REQUIRED)}
+         "save_runs": (boolean, True), "plots": (boolean, False), "params": (any_table, REQUIRED),
+         "jobs": (integer(1), None), "dask": (string(), None)}

@@ -6,17 +6,19 @@ import csv
 import json
 import math
 import os
+import shutil
 import sys
 
 import numpy as np
 
 from .build import build
-from .checks import (EXIT_INTERRUPTED, BadValue, Context, array, check_table, integer, join_key, number, show,
-                     toml_value)
+from .checks import (EXIT_FAIL, EXIT_INTERRUPTED, BadValue, ConfigError, Context, array, check_table, integer,
+                     join_key, number, show, toml_value)
 from .config import apply_sets, read_config, resolve, run_id, set_key, split_key
 from .data import load_data
-from .run import default_out, fmt_metrics, run_training
+from .run import default_out, fmt_metrics
 from .schema import RESULT_METRICS, SWEEP
+from .workers import DaskJobs, DaskUnreachable, InProcess, LocalJobs, cpu_count
 
 
 def _check_space(ctx, sweep):
@@ -110,7 +112,7 @@ def _read_results(path, header, ctx):
         with open(path + ".tmp", "w", newline="") as f:
             csv.writer(f, lineterminator="\n").writerows([header, *complete])
         os.replace(path + ".tmp", path)
-    return {r[0]: dict(zip(header, r)) for r in complete if r[2] in ("ok", "diverged")}
+    return {r[0]: dict(zip(header, r)) for r in complete if r[2] in ("ok", "diverged")}   # "failed": run again
 
 
 def _append_row(path, header, row):
@@ -185,29 +187,97 @@ def cmd_sweep(args):
             print(f"  [{i + 1}/{len(plans)}] {rid} {_fmt_params(params)}: {state}")
         print("dry run: every trial's config is valid; nothing trained")
         return 0
+    threads = base_cfg["training"]["threads"]
+    backend = _backend(args, sweep, ctx, threads)   # a Dask scheduler that cannot be reached: nothing written
     os.makedirs(out, exist_ok=True)
     sys.stdout.flush()
+    tags = {}
     for i, (params, cfg, tctx, dkey, rid) in enumerate(plans):
-        tag = f"[{i + 1}/{len(plans)}] {rid} {_fmt_params(params)}"
+        tags[rid] = (i, f"[{i + 1}/{len(plans)}] {rid} {_fmt_params(params)}")
         if rid in done:
-            print(f"{tag}: finished before, skipped")
+            print(f"{tags[rid][1]}: finished before, skipped")
             continue
-        run_dir = os.path.join(out, "runs", rid) if sweep["save_runs"] else os.path.join(out, "runs", "_last")
-        s = run_training(cfg, cache[dkey], tctx, run_dir, verbose=0, plot=sweep["plots"])
-        if s["status"] == "interrupted":
-            print(f"{tag}: interrupted; not recorded. Run the same command again to resume.")
-            return EXIT_INTERRUPTED
-        row = {"run_id": rid, "trial": i + 1, "status": s["status"], "epochs": s["epochs"],
-               "time_s": f"{s['time_s']:.3f}", "error": s["error"] or "",
-               **{k: _cell(v) for k, v in params.items()}}
-        row.update({k: repr(v) for k, v in s["final"].items() if k in RESULT_METRICS})
-        row.update({f"test_{k}": repr(v) for k, v in (s["test"] or {}).items()})
-        _append_row(results, header, row)
-        done[rid] = {k: str(v) for k, v in row.items()}
-        print(f"{tag}: {s['status']}, {fmt_metrics(s['final'], s['test'])} ({s['time_s']:.2f} s)", flush=True)
+        run_dir = os.path.join(out, "runs", rid) if sweep["save_runs"] else os.path.join(out, "runs", "_scratch", rid)
+        backend.submit({"cfg": cfg, "file": tctx.file, "overrides": tctx.overrides, "run_dir": run_dir,
+                        "plot": sweep["plots"], "threads": backend.threads, "rid": rid, "params": params})
+    if todo:
+        print(f"running {todo} runs {backend.name}" + (f", {backend.threads} thread(s) each" if backend.threads
+                                                         else ""), flush=True)
+    n_done = n_failed = 0
+    best = None
+    try:
+        for task, s, err in backend.results():
+            rid, params = task["rid"], task["params"]
+            i, tag = tags[rid]
+            if s is not None and s["status"] == "interrupted":
+                print(f"{tag}: interrupted; not recorded. Run the same command again to resume.")
+                backend.close(cancel=True)
+                return EXIT_INTERRUPTED
+            row = {"run_id": rid, "trial": i + 1, **{k: _cell(v) for k, v in params.items()}}
+            if s is None:
+                n_failed += 1
+                row.update(status="failed", error=err)
+                what = f"failed: {err}"
+            else:
+                row.update({"status": s["status"], "epochs": s["epochs"], "time_s": f"{s['time_s']:.3f}",
+                            "error": s["error"] or ""})
+                row.update({k: repr(v) for k, v in s["final"].items() if k in RESULT_METRICS})
+                row.update({f"test_{k}": repr(v) for k, v in (s["test"] or {}).items()})
+                done[rid] = {k: str(v) for k, v in row.items()}
+                what = f"{s['status']}, {fmt_metrics(s['final'], s['test'])} ({s['time_s']:.2f} s)"
+            _append_row(results, header, row)
+            if not sweep["save_runs"]:
+                shutil.rmtree(task["run_dir"], ignore_errors=True)
+            n_done += 1
+            v = _num(row, metric)
+            if not math.isnan(v) and (best is None or (v > best[0] if maximize else v < best[0])):
+                best = (v, rid)
+            progress = (f"{n_done}/{todo} done, {backend.running()} running, {n_failed} failed"
+                        + (f"; best {metric} {best[0]:.5g} ({best[1]})" if best else ""))
+            print(f"{tag}: {what} | {progress}", flush=True)
+    except KeyboardInterrupt:
+        print(f"fastbp: interrupted; {n_done} finished runs are in {results}: run the same command again "
+              f"to resume", file=sys.stderr)
+        backend.close(cancel=True)
+        return EXIT_INTERRUPTED
+    backend.close()
     _print_ranking(plans, done, metric, maximize)
     print(f"results: {results}")
-    return 0
+    return EXIT_FAIL if n_failed else 0
+
+
+def _backend(args, sweep, ctx, threads):
+    """The engine the runs go to: --dask / [sweep] dask, else --jobs / [sweep] jobs worker
+    processes (default: as many as fit the cores at ``threads`` per run), or this process."""
+    dask = getattr(args, "dask", None) or sweep["dask"]
+    jobs = getattr(args, "jobs", None)
+    if jobs is not None:
+        try:
+            integer(1)(jobs)
+        except BadValue as e:
+            raise ConfigError(ctx.file, "--jobs", str(e)) from None
+    else:
+        jobs = sweep["jobs"]
+    cores = cpu_count()
+    per_run = threads or 1
+    if jobs is None:
+        jobs = max(1, cores // per_run)
+    elif jobs * per_run > cores and not dask:
+        print(f"fastbp: warning: {jobs} jobs x {per_run} thread(s) = {jobs * per_run} busy threads on "
+              f"{cores} cores: the runs will slow each other down", file=sys.stderr)
+    if dask:
+        try:
+            backend = DaskJobs(dask, jobs)
+        except (DaskUnreachable, ImportError) as e:
+            raise ConfigError(ctx.file, "--dask" if getattr(args, "dask", None) else "sweep.dask", str(e)) from None
+        backend.threads = per_run
+    elif jobs == 1:
+        backend = InProcess()
+        backend.threads = threads          # as 'fastbp train' would: the configured count, else the default
+    else:
+        backend = LocalJobs(jobs)
+        backend.threads = per_run
+    return backend
 
 
 def _fmt_params(params):
