@@ -205,3 +205,108 @@ def test_python_api_returns_the_table(tmp_path, jobs1):
         assert got[rid]["optimizer.lr"] == float(ref["optimizer.lr"])
     with pytest.raises(cli.ConfigError, match="--jobs"):
         experiments.sweep(write(tmp_path), out=str(tmp_path / "out2"), jobs=0)
+
+
+# ---- Optuna ---------------------------------------------------------------------------------------------------
+HAVE_OPTUNA = importlib.util.find_spec("optuna") is not None
+needs_optuna = pytest.mark.skipif(not HAVE_OPTUNA, reason="optuna is not installed (pip install 'fastbp[optuna]')")
+
+OPTUNA = """
+[sweep]
+method = "optuna"
+n_trials = {n}
+sampler = "{sampler}"
+{extra}
+
+[sweep.params]
+"optimizer.lr" = {{ log_uniform = [1e-3, 1e-1] }}
+"training.batch_size" = [16, 32]
+"""
+
+
+def write_optuna(tmp_path, n=4, sampler="tpe", extra="", epochs=3, name="opt.toml"):
+    text = CONFIG.format(epochs=epochs, save_runs="false")
+    text = text[:text.index("[sweep]")] + OPTUNA.format(n=n, sampler=sampler, extra=extra)
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+@needs_optuna
+@pytest.mark.parametrize("sampler", ["tpe", "random", "cmaes"])
+def test_optuna_study_in_sqlite_resumes(tmp_path, capsys, sampler):
+    import optuna
+    out = str(tmp_path / "out")
+    cfg = write_optuna(tmp_path, n=3, sampler=sampler)
+    assert cli.main(["sweep", cfg, "--out", out, "--jobs", "1"]) == 0
+    assert "best: trial" in capsys.readouterr().out
+    study = optuna.load_study(study_name="opt", storage=f"sqlite:///{out}/optuna.db")
+    assert len([t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]) == 3
+    table = rows(out)
+    assert len(table) == 3 and all(r["status"] in ("ok", "pruned") for r in table)
+    assert all(1e-3 <= float(r["optimizer.lr"]) <= 1e-1 and r["training.batch_size"] in ("16", "32") for r in table)
+    # more trials asked of the same study: only the new ones run
+    assert cli.main(["sweep", cfg, "--out", out, "--jobs", "1", "--set", "sweep.n_trials=5"]) == 0
+    assert "3 already finished" in capsys.readouterr().out
+    study = optuna.load_study(study_name="opt", storage=f"sqlite:///{out}/optuna.db")
+    assert len([t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]) == 5
+
+
+@needs_optuna
+def test_optuna_pruner_stops_bad_trials_per_epoch(tmp_path, capsys):
+    out = str(tmp_path / "out")
+    cfg = write_optuna(tmp_path, n=8, sampler="random", epochs=6,
+                       extra='seed = 3')
+    # a wide learning-rate range: some trials are far worse after the first epochs than the median
+    text = open(cfg).read().replace("log_uniform = [1e-3, 1e-1]", "log_uniform = [1e-5, 1e-1]")
+    open(cfg, "w").write(text)
+    assert cli.main(["sweep", cfg, "--out", out, "--jobs", "1"]) == 0
+    table = rows(out)
+    pruned = [r for r in table if r["status"] == "pruned"]
+    assert pruned and all(int(r["epochs"]) < 6 for r in pruned), table
+    assert any(r["status"] == "ok" and r["epochs"] == "6" for r in table)
+
+
+@needs_optuna
+def test_optuna_with_two_jobs_and_two_processes_on_one_study(tmp_path):
+    import optuna
+    out = str(tmp_path / "out")
+    db = f"sqlite:///{tmp_path}/shared.db"
+    cfg = write_optuna(tmp_path, n=6, extra=f'storage = "{db}"\nstudy = "shared"\npruner = "none"')
+    procs = [_sweep_process(cfg, str(tmp_path / f"out{i}"), jobs=j) for i, j in ((1, 1), (2, 2))]
+    for p in procs:
+        stdout, stderr = p.communicate(timeout=300)
+        assert p.returncode == 0, (stdout, stderr)
+    study = optuna.load_study(study_name="shared", storage=db)
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert all(t.state.name == "COMPLETE" for t in study.trials)      # pruner = "none"
+    assert 6 <= len(complete) <= 6 + 2            # each process stops at n_trials; at most its in-flight runs more
+    assert len({t.number for t in complete}) == len(complete)
+    n_rows = sum(len(rows(str(tmp_path / f"out{i}"))) for i in (1, 2))
+    assert n_rows == len(complete), ([(t.number, t.state.name, t.params) for t in study.trials],
+                                     [[(r["trial"], r["status"], r["optimizer.lr"]) for r in rows(str(tmp_path / f"out{i}"))]
+                                      for i in (1, 2)])     # every trial ran in one of the two processes
+
+
+@needs_optuna
+def test_optuna_bad_storage_and_conflicting_study_are_one_line_errors(tmp_path, capsys):
+    out = tmp_path / "out"
+    cfg = write_optuna(tmp_path, extra='storage = "nosuchdb://x/y"')
+    assert cli.main(["sweep", cfg, "--out", str(out), "--jobs", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "sweep.storage: cannot open the Optuna storage 'nosuchdb://x/y'" in err
+    assert not out.exists()
+    db = f"sqlite:///{tmp_path}/s.db"
+    cfg = write_optuna(tmp_path, n=1, extra=f'storage = "{db}"\nstudy = "s"')
+    assert cli.main(["sweep", cfg, "--out", str(out), "--jobs", "1"]) == 0
+    other = open(cfg).read().replace('"training.batch_size" = [16, 32]', '"training.batch_size" = [8, 64]')
+    cfg2 = write(tmp_path, name="unused.toml")
+    open(cfg2, "w").write(other)
+    capsys.readouterr()
+    before = (out / "results.csv").read_text()
+    assert cli.main(["sweep", cfg2, "--out", str(out), "--jobs", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "sweep.study: study 's'" in err and "another search space" in err
+    assert (out / "results.csv").read_text() == before
+    assert cli.main(["sweep", write(tmp_path), "--out", str(out), "--set", 'sweep.sampler="tpe"']) == 2
+    assert "sweep.sampler: only with method = \"optuna\"" in capsys.readouterr().err

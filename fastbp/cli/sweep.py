@@ -32,8 +32,8 @@ def _check_space(ctx, sweep):
             raise ctx.error(key, "a sweep cannot vary its own [sweep] settings")
         if isinstance(v, dict) and len(v) == 1 and next(iter(v)) in ("uniform", "log_uniform", "int_uniform"):
             dist, bounds = next(iter(v.items()))
-            if sweep["method"] != "random":
-                raise ctx.error(key, f"{dist} needs method = \"random\"; a grid takes a list of values")
+            if sweep["method"] == "grid":
+                raise ctx.error(key, f"{dist} needs method = \"random\" or \"optuna\"; a grid takes a list of values")
             num = {"int_uniform": integer(), "log_uniform": number(0.0, lo_open=True)}.get(dist, number())
             try:
                 lo, hi = array(num, n=2)(bounds)
@@ -46,7 +46,7 @@ def _check_space(ctx, sweep):
             space.append((k, v))
         else:
             raise ctx.error(key, "expected a non-empty array of values"
-                                 + (" or {log_uniform = [lo, hi]}" if sweep["method"] == "random" else "")
+                                 + (" or {log_uniform = [lo, hi]}" if sweep["method"] != "grid" else "")
                                  + f", got {show(v)}")
     return space
 
@@ -130,46 +130,74 @@ def _append_row(path, header, row):
         os.fsync(f.fileno())
 
 
+def plan_trial(args, raw, ctx, sweep, params, i, cache):
+    """One trial's resolved config, checked (data loaded into ``cache``, objects built), and the
+    ranking metric, which every trial must report."""
+    trial_raw = copy.deepcopy(raw)
+    where = f"sweep.params (trial {i + 1}: " + ", ".join(f"{k} = {toml_value(v)}" for k, v in params.items()) + ")"
+    over = dict(ctx.overrides)
+    for k, v in params.items():
+        try:
+            over[set_key(trial_raw, k, copy.deepcopy(v))] = where
+        except BadValue as e:
+            raise ctx.error(join_key("sweep.params", k), str(e)) from None
+    tctx = Context(args.config, over)
+    cfg = resolve(trial_raw, tctx)
+    dkey = json.dumps(cfg["data"], sort_keys=True)
+    if dkey not in cache:
+        cache[dkey] = load_data(cfg, tctx)
+    net = build(cfg, cache[dkey], tctx)[0]
+    has_val = cfg["data"].get("val_path") is not None or cfg["training"]["validation_split"] is not None
+    has_test = cache[dkey].test is not None
+    metric = sweep["metric"] or ("val_loss" if has_val else "test_loss" if has_test else "loss")
+    missing = ("validation (training.validation_split or data.val_path)" if metric.startswith("val_") and not
+               has_val else "a test set (data.test_fraction or a test file)" if metric.startswith("test_") and
+               not has_test else "a classifier" if "accuracy" in metric and not net.is_classifier else None)
+    if missing:
+        raise tctx.error("sweep.metric", f"{json.dumps(metric)} needs {missing}")
+    return params, cfg, tctx, dkey, run_id(cfg), metric
+
+
+def make_row(rid, trial, params, s, err):
+    """A results.csv row from a run's summary (or its error when it failed)."""
+    row = {"run_id": rid, "trial": trial, **{k: _cell(v) for k, v in params.items()}}
+    if s is None:
+        row.update(status="failed", error=err)
+        return row
+    row.update({"status": s["status"], "epochs": s["epochs"], "time_s": f"{s['time_s']:.3f}",
+                "error": s["error"] or ""})
+    row.update({k: repr(v) for k, v in s["final"].items() if k in RESULT_METRICS})
+    row.update({f"test_{k}": repr(v) for k, v in (s["test"] or {}).items()})
+    return row
+
+
 def cmd_sweep(args):
     raw = read_config(args.config)
     ctx = Context(args.config, apply_sets(raw, args.set, args.config))
     if "sweep" not in raw:
         raise ctx.error("sweep", "missing section: a sweep config adds [sweep] with method and [sweep.params]")
     sweep = check_table(ctx, raw.pop("sweep"), SWEEP, "sweep")
-    if sweep["method"] == "random" and sweep["n_trials"] is None:
-        raise ctx.error("sweep.n_trials", "missing (required by method = \"random\")")
+    if sweep["method"] != "grid" and sweep["n_trials"] is None:
+        raise ctx.error("sweep.n_trials", f"missing (required by method = \"{sweep['method']}\")")
     if sweep["method"] == "grid" and sweep["n_trials"] is not None:
         raise ctx.error("sweep.n_trials", "only with method = \"random\" (a grid runs every combination)")
     space = _check_space(ctx, sweep)
+
+    if sweep["method"] == "optuna":
+        from .optuna_sweep import optuna_sweep
+        return optuna_sweep(args, raw, ctx, sweep, space)
+    if sweep["sampler"] is not None or sweep["pruner"] is not None or sweep["storage"] is not None or \
+            sweep["study"] is not None:
+        raise ctx.error("sweep.sampler" if sweep["sampler"] is not None else "sweep.pruner" if sweep["pruner"]
+                        is not None else "sweep.storage" if sweep["storage"] is not None else "sweep.study",
+                        "only with method = \"optuna\"")
     trials = expand(sweep, space)
 
     # check every trial's config, data and objects before the first one trains
     cache, plans = {}, []
     for i, params in enumerate(trials):
-        trial_raw = copy.deepcopy(raw)
-        where = f"sweep.params (trial {i + 1}: " + ", ".join(f"{k} = {toml_value(v)}" for k, v in params.items()) + ")"
-        over = dict(ctx.overrides)
-        for k, v in params.items():
-            try:
-                over[set_key(trial_raw, k, copy.deepcopy(v))] = where
-            except BadValue as e:
-                raise ctx.error(join_key("sweep.params", k), str(e)) from None
-        tctx = Context(args.config, over)
-        cfg = resolve(trial_raw, tctx)
-        dkey = json.dumps(cfg["data"], sort_keys=True)
-        if dkey not in cache:
-            cache[dkey] = load_data(cfg, tctx)
-        net = build(cfg, cache[dkey], tctx)[0]
-        plans.append((params, cfg, tctx, dkey, run_id(cfg)))
-        # the ranking metric must be one that every trial reports
-        has_val = cfg["data"].get("val_path") is not None or cfg["training"]["validation_split"] is not None
-        has_test = cache[dkey].test is not None
-        metric = sweep["metric"] or ("val_loss" if has_val else "test_loss" if has_test else "loss")
-        missing = ("validation (training.validation_split or data.val_path)" if metric.startswith("val_") and not
-                   has_val else "a test set (data.test_fraction or a test file)" if metric.startswith("test_") and
-                   not has_test else "a classifier" if "accuracy" in metric and not net.is_classifier else None)
-        if missing:
-            raise tctx.error("sweep.metric", f"{json.dumps(metric)} needs {missing}")
+        params, cfg, tctx, dkey, rid, metric = plan_trial(args, raw, ctx, sweep, params, i, cache)
+        plans.append((params, cfg, tctx, dkey, rid))
     base_cfg = plans[0][1]
     maximize = sweep["mode"] == "max" or (sweep["mode"] == "auto" and "acc" in metric)
 
@@ -213,16 +241,11 @@ def cmd_sweep(args):
                 print(f"{tag}: interrupted; not recorded. Run the same command again to resume.")
                 backend.close(cancel=True)
                 return EXIT_INTERRUPTED
-            row = {"run_id": rid, "trial": i + 1, **{k: _cell(v) for k, v in params.items()}}
+            row = make_row(rid, i + 1, params, s, err)
             if s is None:
                 n_failed += 1
-                row.update(status="failed", error=err)
                 what = f"failed: {err}"
             else:
-                row.update({"status": s["status"], "epochs": s["epochs"], "time_s": f"{s['time_s']:.3f}",
-                            "error": s["error"] or ""})
-                row.update({k: repr(v) for k, v in s["final"].items() if k in RESULT_METRICS})
-                row.update({f"test_{k}": repr(v) for k, v in (s["test"] or {}).items()})
                 done[rid] = {k: str(v) for k, v in row.items()}
                 what = f"{s['status']}, {fmt_metrics(s['final'], s['test'])} ({s['time_s']:.2f} s)"
             _append_row(results, header, row)

@@ -14,6 +14,7 @@ import multiprocessing
 import os
 import signal
 
+from ..callbacks import Callback
 from .checks import Context
 
 _DATA = {}   # per worker process: json of cfg["data"] -> Data
@@ -34,7 +35,47 @@ def run_task(task):
     s = run_training(task["cfg"], _DATA[key], ctx, task["run_dir"], verbose=0, plot=task["plot"],
                      log=lambda *a, **k: None, callbacks=task.get("callbacks", ()))
     s["pid"] = os.getpid()
+    s["pruned"] = any(getattr(cb, "pruned", False) for cb in task.get("callbacks", ()))
     return s
+
+
+def median_pruner():
+    import optuna
+    return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+
+
+class OptunaPruning(Callback):
+    """A fit callback that reports the sweep's metric to an Optuna trial after every epoch and
+    stops the run when the study's pruner says so. Picklable: it holds the storage URL, study
+    name and trial id, and opens the trial where the run trains (any process that reaches the
+    storage)."""
+    def __init__(self, storage, study, number, monitor):
+        self.storage, self.study, self.number, self.monitor = storage, study, number, monitor
+        self.pruned = False
+        self._trial = None
+
+    def on_train_begin(self, logs=None):
+        import optuna
+        study = optuna.load_study(study_name=self.study, storage=self.storage, pruner=median_pruner())
+        storage = optuna.storages.RDBStorage(self.storage)
+        trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(self.study),
+                                                                   self.number)
+        self._trial = optuna.trial.Trial(study, trial_id)
+
+    def on_epoch_end(self, epoch, logs=None):
+        v = (logs or {}).get(self.monitor)
+        if v is None or self._trial is None:
+            return
+        self._trial.report(float(v), epoch)
+        if self._trial.should_prune():
+            self.pruned = True
+            self.model.stop_training = True
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k not in ("_trial", "model")}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state, _trial=None, model=None)
 
 
 def _init_worker():
@@ -161,6 +202,7 @@ class DaskJobs:
                                          dashboard_address=None)
             self._client = Client(self._cluster)
             self.name = f"a Dask LocalCluster of {jobs} worker processes"
+            self.jobs = jobs
         else:
             addr = address if "://" in address else f"tcp://{address}"
             try:
@@ -168,7 +210,9 @@ class DaskJobs:
             except (OSError, TimeoutError) as e:
                 raise DaskUnreachable(f"cannot reach the Dask scheduler at {addr} within {timeout} s "
                                       f"({type(e).__name__})") from None
-            self.name = f"the Dask cluster at {addr} ({len(self._client.scheduler_info()['workers'])} workers)"
+            workers = self._client.scheduler_info()["workers"]
+            self.jobs = max(1, sum(w.get("nthreads", 1) for w in workers.values()))
+            self.name = f"the Dask cluster at {addr} ({len(workers)} workers)"
         self._futures = {}
 
     def submit(self, task):
