@@ -4,7 +4,7 @@ round, each a fresh ``fastbp sweep`` process into a fresh folder (so each pays i
 imports, worker processes, loading the compiled kernels from the Numba cache). Prints runs per
 minute for each and the median ratios to ``--jobs 1``.
 
-    python -m fastbp.bench.sweep [--rounds 3] [--epochs 4] [--samples 20000]
+    python -m fastbp.bench.sweep [--rounds 3] [--epochs 60] [--samples 20000]
 """
 
 import argparse
@@ -53,7 +53,7 @@ save_runs = false
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m fastbp.bench.sweep", description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--epochs", type=int, default=60)
     ap.add_argument("--samples", type=int, default=20_000)
     args = ap.parse_args(argv)
     ways = {"--jobs 1": ["--jobs", "1"], "--jobs 2": ["--jobs", "2"]}

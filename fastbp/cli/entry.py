@@ -35,11 +35,14 @@ paths in a config are relative to its folder; a config error exits with status 2
 
 SWEEP_EPILOG = """\
 a sweep config is a train config plus:
-  [sweep]          method = "grid"|"random", n_trials (random), seed, metric, mode, save_runs, plots,
-                   jobs (runs at once, in worker processes), dask (a scheduler address, or "local")
+  [sweep]          method = "grid"|"random"|"optuna", n_trials (random, optuna), seed, metric, mode,
+                   save_runs, plots, jobs (runs at once, in worker processes), dask (a scheduler
+                   address, or "local"); optuna: sampler = "tpe"|"random"|"cmaes", pruner =
+                   "median"|"none", storage (default sqlite:///OUT/optuna.db), study (default: the
+                   config's name)
   [sweep.params]   "optimizer.lr" = [1e-3, 3e-3]          # dotted train-config keys: values to try
                    "model.hidden" = [[64], [128, 64]]
-                   "optimizer.weight_decay" = { log_uniform = [1e-5, 1e-2] }   # random only; also
+                   "optimizer.weight_decay" = { log_uniform = [1e-5, 1e-2] }   # random, optuna; also
                                                           # uniform, int_uniform
 results.csv gets one row per finished run (run_id = hash of the run's resolved config); runs already
 in it are skipped, so the same command resumes an interrupted sweep; a failed run (a worker that
