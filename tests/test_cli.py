@@ -390,7 +390,7 @@ def test_data_kinds_mnist_npz_xor_teacher(tmp_path, capsys):
 def test_sweep_grid_one_row_per_run_and_resume(tmp_path, capsys, count_fits):
     cfg = write(tmp_path, SWEEP)
     out = tmp_path / "sweep"
-    assert cli.main(["sweep", cfg, "--out", str(out)]) == 0
+    assert cli.main(["sweep", cfg, "--out", str(out), "--jobs", "1"]) == 0
     rows = read_rows(out / "results.csv")
     assert len(rows) == 4 and count_fits.n == 4
     assert {(r["optimizer.lr"], r["model.hidden"]) for r in rows} == {
@@ -403,14 +403,14 @@ def test_sweep_grid_one_row_per_run_and_resume(tmp_path, capsys, count_fits):
     assert "best:" in capsys.readouterr().out
 
     count_fits.fail = True                      # a second invocation trains nothing
-    assert cli.main(["sweep", cfg, "--out", str(out)]) == 0
+    assert cli.main(["sweep", cfg, "--out", str(out), "--jobs", "1"]) == 0
     assert capsys.readouterr().out.count("finished before, skipped") == 4
     assert read_rows(out / "results.csv") == rows
 
     count_fits.fail = False                     # a wider grid runs only the new combinations
     wider = write(tmp_path, SWEEP.replace("[3e-3, 1e-2]", "[3e-3, 1e-2, 3e-2]"))
     n = count_fits.n
-    assert cli.main(["sweep", wider, "--out", str(out)]) == 0
+    assert cli.main(["sweep", wider, "--out", str(out), "--jobs", "1"]) == 0
     assert count_fits.n - n == 2 and len(read_rows(out / "results.csv")) == 6
 
 
@@ -418,13 +418,13 @@ def test_sweep_interrupted_then_resumed(tmp_path, capsys, count_fits):
     cfg = write(tmp_path, SWEEP)
     out = tmp_path / "sweep"
     count_fits.interrupt_at = 3
-    assert cli.main(["sweep", cfg, "--out", str(out)]) == 130
+    assert cli.main(["sweep", cfg, "--out", str(out), "--jobs", "1"]) == 130
     rows = read_rows(out / "results.csv")
     assert len(rows) == 2                                     # the running trial is lost, no more
     text = (out / "results.csv").read_text()                 # a crash in the middle of writing row 2
     (out / "results.csv").write_text(text[:text.rindex(",ok,") + 3])
     count_fits.interrupt_at = None
-    assert cli.main(["sweep", cfg, "--out", str(out)]) == 0
+    assert cli.main(["sweep", cfg, "--out", str(out), "--jobs", "1"]) == 0
     rows = read_rows(out / "results.csv")                     # the broken row is gone
     assert all(None not in r.values() for r in rows)
     assert len(rows) == 4 and count_fits.n == 3 + 3 and len({r["run_id"] for r in rows}) == 4
@@ -445,7 +445,7 @@ metric = "val_accuracy"
 "training.batch_size" = { int_uniform = [16, 64] }
 """)
     out = tmp_path / "random"
-    assert cli.main(["sweep", cfg, "--out", str(out)]) == 0
+    assert cli.main(["sweep", cfg, "--out", str(out), "--jobs", "1"]) == 0
     rows = read_rows(out / "results.csv")
     assert len(rows) == 3 and count_fits.n == 3
     for r in rows:
@@ -453,7 +453,7 @@ metric = "val_accuracy"
         assert r["model.activation"] in ("relu", "tanh") and 16 <= int(r["training.batch_size"]) <= 64
     assert "ranking by val_accuracy (max)" in capsys.readouterr().out
     count_fits.fail = True                      # the same seed draws the same trials: all finished
-    assert cli.main(["sweep", cfg, "--out", str(out)]) == 0
+    assert cli.main(["sweep", cfg, "--out", str(out), "--jobs", "1"]) == 0
     assert len(read_rows(out / "results.csv")) == 3
 
 
@@ -471,7 +471,7 @@ def test_sweep_config_errors_before_any_training(tmp_path, capsys, count_fits):
     ]
     for text, key, words in cases:
         cfg = write(tmp_path, text, name="sweep.toml")
-        assert cli.main(["sweep", cfg, "--out", str(out)]) == 2
+        assert cli.main(["sweep", cfg, "--out", str(out), "--jobs", "1"]) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"fastbp: error: {cfg}: {key}: ") and words in err and err.count("\n") == 1, err
     assert count_fits.n == 0 and not out.exists()

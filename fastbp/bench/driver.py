@@ -111,6 +111,10 @@ def driver(args):
 
 
 def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--sweep" in argv:   # the sweep benchmark (fastbp/bench/sweep.py): --jobs 1 / --jobs 2 / Dask
+        from .sweep import main as sweep_main
+        return sweep_main([a for a in argv if a != "--sweep"])
     doc = sys.modules[__package__].__doc__     # the package's docstring: its first paragraph
     ap = argparse.ArgumentParser(prog="python -m fastbp.bench", description=doc.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -122,6 +126,8 @@ def main(argv=None):
     ap.add_argument("--json", help="write every raw result and the summary here")
     ap.add_argument("--plot", help="write a bar chart here (needs matplotlib)")
     ap.add_argument("--quick", action="store_true", help="tiny sample counts (for tests)")
+    ap.add_argument("--sweep", action="store_true",
+                    help="the sweep benchmark instead: python -m fastbp.bench.sweep --help")
     ap.add_argument("--worker", choices=PEERS, help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)

@@ -1,7 +1,7 @@
 """The ``fastbp`` command line: scripted experiments from TOML files.
 
     fastbp train CONFIG.toml [--out DIR] [--set KEY=VALUE ...] [--dry-run] [--quiet]
-    fastbp sweep CONFIG.toml [--out DIR] [--set KEY=VALUE ...] [--dry-run]
+    fastbp sweep CONFIG.toml [--out DIR] [--set KEY=VALUE ...] [--dry-run] [--jobs N] [--dask ADDRESS]
     fastbp bench [--workload small] [--peers fastbp] [--rounds 1] [--quick] ...
     fastbp warmup [--preset common] [--activations ...] [--jobs N] ...
     fastbp info [--json]
@@ -17,7 +17,8 @@ A train config has five sections (every key but ``data.kind`` is optional)::
                  verbose, threads, [training.early_stopping], [training.checkpoint]
     [output]     dir, plot, save_model, onnx
 
-A sweep config adds ``[sweep]`` (method, n_trials, seed, metric, mode, save_runs, plots) and
+A sweep config adds ``[sweep]`` (method = grid | random | optuna, n_trials, seed, metric, mode,
+save_runs, plots, jobs, dask; for optuna also sampler, pruner, storage, study) and
 ``[sweep.params]``, whose dotted keys ("optimizer.lr") name train-config keys and whose
 values list the candidates (random search also takes ``{log_uniform = [lo, hi]}``,
 ``{uniform = [lo, hi]}``, ``{int_uniform = [lo, hi]}``).
@@ -29,7 +30,9 @@ training starts. Paths in a config are relative to the config file's folder.
 The package, one job per module: ``checks`` (value checkers, ConfigError), ``schema`` (every
 section's keys), ``config`` (TOML in and out, ``--set``, :func:`resolve`), ``data`` (the data a
 config describes), ``build`` (network, optimizer, schedule; monitors checked), ``run`` (one
-training run and its files; ``train``), ``sweep``, ``info``, ``entry`` (argparse, :func:`main`).
+training run and its files; ``train``), ``sweep`` (grid and random search, results.csv),
+``workers`` (where runs train: this process, ``--jobs`` worker processes, Dask), ``optuna_sweep``,
+``info``, ``entry`` (argparse, :func:`main`).
 """
 
 from .checks import EXIT_CONFIG, EXIT_FAIL, EXIT_INTERRUPTED, ConfigError, Context

@@ -35,13 +35,19 @@ paths in a config are relative to its folder; a config error exits with status 2
 
 SWEEP_EPILOG = """\
 a sweep config is a train config plus:
-  [sweep]          method = "grid"|"random", n_trials (random), seed, metric, mode, save_runs, plots
+  [sweep]          method = "grid"|"random"|"optuna", n_trials (random, optuna), seed, metric, mode,
+                   save_runs, plots, jobs (runs at once, in worker processes), dask (a scheduler
+                   address, or "local"); optuna: sampler = "tpe"|"random"|"cmaes", pruner =
+                   "median"|"none", storage (default sqlite:///OUT/optuna.db), study (default: the
+                   config's name)
   [sweep.params]   "optimizer.lr" = [1e-3, 3e-3]          # dotted train-config keys: values to try
                    "model.hidden" = [[64], [128, 64]]
-                   "optimizer.weight_decay" = { log_uniform = [1e-5, 1e-2] }   # random only; also
+                   "optimizer.weight_decay" = { log_uniform = [1e-5, 1e-2] }   # random, optuna; also
                                                           # uniform, int_uniform
 results.csv gets one row per finished run (run_id = hash of the run's resolved config); runs already
-in it are skipped, so the same command resumes an interrupted sweep."""
+in it are skipped, so the same command resumes an interrupted sweep; a failed run (a worker that
+died) is a row with status "failed", run again next time. With --jobs N or --dask, rows come in
+the order runs finish; set training.threads for rows bit-identical to --jobs 1."""
 
 
 def build_parser():
@@ -76,6 +82,12 @@ def build_parser():
                                    "DIR/results.csv as soon as it finishes.",
                        epilog=SWEEP_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     common(p)
+    p.add_argument("-j", "--jobs", type=int, metavar="N",
+                   help="runs at once, each in its own worker process (default: [sweep] jobs, else as many "
+                        "as fit the cores at training.threads per run; 1: in this process)")
+    p.add_argument("--dask", metavar="ADDRESS",
+                   help="send the runs to a dask.distributed scheduler (tcp://host:8786), or 'local' for a "
+                        "LocalCluster of --jobs worker processes")
     p.set_defaults(func=cmd_sweep)
 
     sub.add_parser("bench", add_help=False, help="the standard workloads: samples/s and GFLOP/s "

@@ -72,11 +72,12 @@ def _json_default(o):
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-def run_training(cfg, data, ctx, out, verbose=None, plot=None, log=print):
+def run_training(cfg, data, ctx, out, verbose=None, plot=None, log=print, callbacks=()):
     """Train as ``cfg`` says and write the model, metrics, plot and config into ``out``.
 
     Returns a summary dict: status ("ok", "diverged" or "interrupted"), epochs, time_s,
-    the final metrics (those of the weights kept) and the test metrics.
+    the final metrics (those of the weights kept) and the test metrics. ``callbacks`` are
+    added to fit's (a sweep's pruner).
     """
     t, o = cfg["training"], cfg["output"]
     net, opt, schedule = build(cfg, data, ctx)
@@ -89,7 +90,7 @@ def run_training(cfg, data, ctx, out, verbose=None, plot=None, log=print):
     if t["threads"] is not None:
         set_num_threads(t["threads"])
 
-    callbacks = [CSVLogger(os.path.join(out, "metrics.csv"))]
+    callbacks = [CSVLogger(os.path.join(out, "metrics.csv")), *callbacks]
     es = None
     if t["early_stopping"] is not None:
         es = EarlyStopping(**t["early_stopping"])

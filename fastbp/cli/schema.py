@@ -103,6 +103,10 @@ TRAINING = {
     "early_stopping": ("table", EARLY_STOPPING), "checkpoint": ("table", CHECKPOINT),
 }
 OUTPUT = {"dir": (PATH, None), "plot": (boolean, True), "save_model": (boolean, True), "onnx": (boolean, False)}
-SWEEP = {"method": (string(("grid", "random")), "grid"), "n_trials": (integer(1), None), "seed": (integer(0), 0),
+SWEEP = {"method": (string(("grid", "random", "optuna")), "grid"), "n_trials": (integer(1), None), "seed": (integer(0), 0),
          "metric": (string(RESULT_METRICS), None), "mode": (string(MODES), "auto"),
-         "save_runs": (boolean, True), "plots": (boolean, False), "params": (any_table, REQUIRED)}
+         "save_runs": (boolean, True), "plots": (boolean, False), "params": (any_table, REQUIRED),
+         "jobs": (integer(1), None), "dask": (string(), None),
+         # method = "optuna"
+         "sampler": (string(("tpe", "random", "cmaes")), None), "pruner": (string(("median", "none")), None),
+         "storage": (string(), None), "study": (string(), None)}
