@@ -122,17 +122,20 @@ def _rows(a, lo, hi):
 
 def fit(net, X, y, epochs=1, batch_size=32, optimizer=None, shuffle=True, validation_data=None,
         validation_split=0.0, verbose=0, callbacks=None, schedule=None, initial_epoch=0, sample_weight=None,
-        class_weight=None, clip_norm=None, comm=None, shard="full"):
+        class_weight=None, clip_norm=None, track_gradients=False, comm=None, shard="full"):
     """:meth:`Network.fit` across the ranks of ``comm`` (default ``MPI.COMM_WORLD``); the
     semantics are in this module's docstring. ``batch_size`` is the local batch (a global
     batch has comm.size x batch_size rows); ``shard`` is "full" (X, y: the whole data set,
     each rank takes its block) or "local" (X, y: this rank's rows). Returns the History
-    (the same on every rank; also kept as ``net.history``). Every rank must call it."""
+    (the same on every rank; also kept as ``net.history``). Every rank must call it.
+    ``track_gradients`` is not supported (it must be False)."""
     if comm is None:
         comm = _mpi().COMM_WORLD
     R, rank = comm.size, comm.rank
 
     def checks():
+        if track_gradients:
+            raise InputError("track_gradients is not supported by distributed.fit")
         ep = check_positive_int(epochs, "epochs")
         bs = check_positive_int(batch_size, "batch_size")
         ie = check_int(initial_epoch, "initial_epoch", 0)
@@ -167,10 +170,11 @@ def fit(net, X, y, epochs=1, batch_size=32, optimizer=None, shuffle=True, valida
     has_val = comm.bcast(val is not None, root=0)
     keys = history_keys(net.is_classifier, len(net.layer_sizes) - 1, has_val, False)
     _agree(comm, lambda: check_monitors(cbs + ([sch] if sch is not None else []), keys))
-    arch = comm.allgather((net.layer_sizes, net.dtype.name, net.n_params, net.norm_state.size, opt.kind))
+    arch = comm.allgather((net.layer_sizes, net.dtype.name, net.n_params, net.norm_state.size, opt.kind,
+                           opt._hparams().tolist(), net._l2))
     if any(a != arch[0] for a in arch):
         raise InputError(f"the ranks' networks or optimizers differ (layer sizes, dtype, parameter count, "
-                         f"norm state, optimizer): {arch}")
+                         f"norm state, optimizer and its hyper-parameters, L2): {arch}")
 
     opt, _ = net._kernel_optimizer(opt)
     opt.schedule = sch
