@@ -87,6 +87,19 @@ def main(scenario, out):
         cb = fb.LambdaCallback(on_epoch_end=lambda epoch, logs: (_ for _ in ()).throw(RuntimeError("boom"))
                                if rank == 1 else None)
         distributed.fit(net, X, y, epochs=3, batch_size=32, callbacks=[cb])
+    elif scenario == "interrupt":   # Ctrl-C (SIGINT to mpiexec) while training: every rank stops at one step
+        X, y = data("float64", n=640)
+        net = net_for("float64")
+        started = fb.LambdaCallback(on_epoch_end=lambda epoch, logs: epoch == 1 and rank == 0 and print(
+            "TRAINING", flush=True))
+        import warnings
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            h = distributed.fit(net, X, y, epochs=100000, batch_size=32, callbacks=[started])
+        res["interrupted"] = np.array(h.interrupted)
+        res["steps"] = np.array(net.optimizer.step_count)
+        res["params"] = net.params
+        res["warned"] = np.array(any("interrupted" in str(w.message) for w in caught))
     np.savez(os.path.join(out, f"rank{rank}.npz"), **res)
 
 

@@ -5,8 +5,10 @@ wrote against one process. Skipped when mpi4py or an ``mpiexec`` is not installe
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -151,3 +153,27 @@ def test_cli_train_under_mpiexec(tmp_path):
     net = fb.Network.load(tmp_path / "out" / "model.npz")
     assert net.optimizer.step_count == 2 * 3                  # 150 rows: 75 a rank, 3 steps of 2 x 25 an epoch
     assert len((tmp_path / "out" / "metrics.csv").read_text().strip().splitlines()) == 3
+
+
+def test_ctrl_c_stops_every_rank_at_the_same_step(tmp_path):
+    # SIGINT to mpiexec (as Ctrl-C in a terminal): it forwards it to both ranks, whose flags meet
+    # in the step's Allreduce, so both stop after the same step, keep identical weights and warn
+    env = dict(os.environ, NUMBA_NUM_THREADS="1", OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([os.path.dirname(HERE), os.environ.get("PYTHONPATH", "")]))
+    p = subprocess.Popen([MPIEXEC, "-n", "2", sys.executable, os.path.join(HERE, "mpi_worker.py"), "interrupt",
+                          str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        for line in p.stdout:            # rank 0 prints after its second epoch
+            if "TRAINING" in line:
+                break
+        time.sleep(0.3)
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=TIMEOUT)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 0, out + err
+    r0, r1 = (np.load(tmp_path / f"rank{r}.npz") for r in (0, 1))
+    assert r0["interrupted"] and r1["interrupted"] and r0["warned"] and r1["warned"]
+    assert r0["steps"] == r1["steps"] >= 20
+    assert np.array_equal(r0["params"], r1["params"])
