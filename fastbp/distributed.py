@@ -57,6 +57,7 @@ import os
 import sys
 import time
 import traceback
+import warnings
 import zlib
 
 import numpy as np
@@ -202,7 +203,7 @@ def _broadcast_model(comm, net, opt):
 
 def _train(comm, net, opt, X, T, labels, use_labels, sw, val, epochs, B, initial_epoch, clip, callbacks,
            shuffle, verbose):
-    R, rank = comm.size, comm.rank
+    rank = comm.rank
     MPI = _mpi()
     N = X.shape[0]
     N_total = comm.allreduce(N, op=MPI.SUM)
@@ -212,7 +213,8 @@ def _train(comm, net, opt, X, T, labels, use_labels, sw, val, epochs, B, initial
     buf = np.zeros(P + _EXTRA, net.dtype)   # the one buffer that is reduced each step
     g = buf[:P]
     l2 = net._l2
-    wviews = [(vg[0], vp[0], np.empty_like(vp[0])) for vg, vp in zip(net._views(g), net._views(net.params))]
+    wviews = ([(vg[0], vp[0], np.empty_like(vp[0])) for vg, vp in zip(net._views(g), net._views(net.params))]
+              if l2 > 0.0 else [])   # per layer (dW, W, scratch) for the L2 term
     perm = np.arange(N, dtype=np.int64)
     Xb = np.empty((B, X.shape[1]), net.dtype)
     Tb = np.empty((B if not use_labels else 0, net.n_outputs), net.dtype)
@@ -302,7 +304,6 @@ def _train(comm, net, opt, X, T, labels, use_labels, sw, val, epochs, B, initial
             if stop:
                 progress.close()
                 hist.interrupted = True
-                import warnings
                 warnings.warn(f"Training interrupted by user in epoch {epoch + 1} after {bi + 1} of {n_batches} "
                               f"steps; the network keeps its weights and the history of the finished epochs.",
                               UserWarning, stacklevel=3)

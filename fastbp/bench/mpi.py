@@ -100,7 +100,8 @@ def _launch(cmd, env):
 
 
 def _model(name, step_s, batch, nbytes):
-    lines = [f"{name}: compute per step {step_s * 1e3:.1f} ms (batch {batch}, 1 thread), gradient {nbytes / 1e6:.2f} MB"]
+    lines = [f"{name}: compute per step {step_s * 1e3:.1f} ms (batch {batch}, 1 thread), "
+             f"gradient {nbytes / 1e6:.2f} MB"]
     for net_name, bw, lat in NETWORKS:
         def comm_s(N):
             return lat + 2 * (N - 1) / N * nbytes / bw
