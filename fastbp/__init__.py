@@ -9,6 +9,7 @@ from ._blas import BLAS_INFO, get_blas_threads, set_blas_threads
 from .errors import (DataFileError, DivergenceError, FastbpError, InputError, ModelFileError,
                      ModelNotFoundError)
 from . import callbacks, schedules
+from . import distributed   # noqa: E402  (imports mpi4py only when used)
 from .callbacks import CSVLogger, EarlyStopping, LambdaCallback, ModelCheckpoint, TerminateOnNaN
 from .network import History, Network
 from .schedules import (Constant, CosineAnnealing, ExponentialDecay, InverseScaling, ReduceLROnPlateau,
@@ -34,7 +35,7 @@ def get_num_threads():
     return get_blas_threads()
 
 
-__all__ = ["Network", "History", "callbacks", "schedules", "EarlyStopping", "ModelCheckpoint", "CSVLogger",
+__all__ = ["Network", "History", "callbacks", "schedules", "distributed", "EarlyStopping", "ModelCheckpoint", "CSVLogger",
            "TerminateOnNaN", "LambdaCallback", "Constant", "StepDecay", "ExponentialDecay", "CosineAnnealing",
            "InverseScaling", "ReduceLROnPlateau", "SGD", "Adam", "AdamW", "RMSprop", "Optimizer", "set_num_threads",
            "get_num_threads", "FastbpError", "InputError", "ModelFileError", "ModelNotFoundError",

@@ -42,7 +42,7 @@ import numpy as np
 from .callbacks import Callback
 from .errors import DivergenceError, InputError
 from .kernels import network as K
-from .kernels.losses import SIGMOID_BCE, SOFTMAX_CE
+from .kernels.losses import SIGMOID_BCE, SOFTMAX_CE, correct_count
 from .schedules import Schedule, check_schedule
 
 OK = K.OK             # the status of an accepted step
@@ -286,3 +286,64 @@ def check_monitors(objects, keys):
             if m not in keys:
                 raise InputError(f"{type(obj).__name__} monitors {m!r}, which this fit does not record; "
                                  f"it records {keys}")
+
+
+class SplitStep:
+    """A training step in two halves, for data-parallel training (``fastbp.distributed``):
+    ``local`` writes one batch's mean loss gradients into a caller's buffer (laid out as
+    ``params``; no L2, no update), the caller combines them across processes, and
+    ``apply`` makes the optimizer's update from the combined gradients. Use within ``with``
+    (which holds the workspace for batches of up to ``batch_size`` rows)."""
+
+    def __init__(self, net, opt, batch_size):
+        from .kernels.optim import optimizer_update
+        self.net, self.opt, self.batch_size = net, opt, batch_size
+        self.kset = net._training_kernels(opt.kind)
+        self.state = opt._bind(net)
+        self.hp = opt._hparams()
+        self._update = optimizer_update
+        self._ws = self._borrowed = None
+
+    def __enter__(self):
+        self._borrowed = self.net._borrow(self.batch_size)
+        self._ws = self._borrowed.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        borrowed, self._borrowed, self._ws = self._borrowed, None, None
+        return borrowed.__exit__(*exc)
+
+    def start_epoch(self):
+        """Take the optimizer's current hyper-parameters (a schedule may have changed the rate)."""
+        self.hp = self.opt._hparams()
+
+    def local(self, g, X, T, labels, use_labels, sw):
+        """The mean loss of the n = len(X) rows (n >= 1) and their number of correct predictions;
+        ``g`` <- d loss / d params (overwritten; the data term only, no L2)."""
+        net = self.net
+        ws, layout, fpar, meta = self._ws
+        n = X.shape[0]
+        loss = K.loss_forward_all(self.kset, net.params, net.norm_state, ws, layout, fpar, meta, X, T, labels,
+                                  use_labels, sw, n, True, net._rng)
+        K.backward_all(self.kset, g, net.params, ws, layout, fpar, meta, X, T, labels, use_labels, sw, n, 0.0)
+        L = layout.shape[0] - 1
+        k = layout[L, K.N_OUT]
+        off = layout[L, K.A_OFF]
+        P = ws[off:off + n * k].reshape(n, k)
+        return float(loss), float(correct_count(meta[K.LOSS], P, T, labels, use_labels))
+
+    def apply(self, g, gscale, n_local):
+        """The optimizer's update from gradients ``g`` scaled by ``gscale`` (one step); batch norm
+        layers then fold the statistics of this process's last ``local`` batch (``n_local`` rows,
+        0: none) into their running statistics."""
+        net = self.net
+        ws, layout, fpar, meta = self._ws
+        s1, s2, s3 = self.state
+        self.opt._step[0] += 1
+        self._update(self.opt.kind, net.params, g, s1, s2, s3, self.hp, self.opt._step[0], gscale)
+        if n_local > 0 and net.norm_state.size:
+            K.update_running(self.kset, net.norm_state, ws, layout, fpar, n_local)
+
+    def finite(self, g):
+        """Whether every value of ``g`` is finite."""
+        return bool(K.all_finite(g))

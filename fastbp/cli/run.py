@@ -4,12 +4,13 @@
 import json
 import os
 import sys
+import tempfile
 import time
 import warnings
 
 import numpy as np
 
-from .. import __version__, set_num_threads
+from .. import __version__, distributed, set_num_threads
 from ..callbacks import CSVLogger, EarlyStopping, ModelCheckpoint
 from ..errors import DivergenceError
 from .build import build
@@ -108,12 +109,14 @@ def run_training(cfg, data, ctx, out, verbose=None, plot=None, log=print, callba
     elif t["validation_split"] is not None:
         fit_kw["validation_split"] = t["validation_split"]
 
+    comm = distributed.world()   # under mpiexec: data-parallel (fastbp.distributed), every rank the full data
+    fit = net.fit if comm is None else (lambda X, y, **kw: distributed.fit(net, X, y, comm=comm, **kw))
     status, error = "ok", None
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Training interrupted by user")
         try:
-            net.fit(data.X, data.y, **fit_kw)
+            fit(data.X, data.y, **fit_kw)
         except DivergenceError as e:
             status, error = "diverged", str(e)
     seconds = time.perf_counter() - t0
@@ -189,6 +192,9 @@ def cmd_train(args):
         print("dry run: the config is valid; nothing trained")
         return 0
     sys.stdout.flush()
+    comm = distributed.world()
+    if comm is not None and comm.rank != 0:   # rank 0 prints and writes the output; the others are quiet
+        sys.stdout, out = open(os.devnull, "w"), tempfile.mkdtemp(prefix=f"fastbp-rank{comm.rank}-")
     s = run_training(cfg, data, ctx, out, verbose=0 if args.quiet else None)
     when = f"{s['epochs']} epochs in {s['time_s']:.2f} s"
     if s["status"] == "diverged":
