@@ -1,0 +1,112 @@
+"""Rough edges a new user hits (issue 21): file modes and errors, stale temporaries, resuming,
+progress output, what callbacks say, the bench's machine check, the thread policy's choice."""
+
+import io
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+import fastbp as fb
+from fastbp import _io
+
+rng0 = np.random.default_rng(5)
+X = rng0.standard_normal((40, 3))
+Y = np.arange(40) % 3
+
+
+def small(seed=1):
+    return fb.Network([3, 5, 3], seed=seed)
+
+
+# ==== 3. files ==================================================================================================
+@pytest.fixture
+def umask():
+    old = os.umask(0o022)
+    os.umask(old)
+    yield lambda m: os.umask(m)
+    os.umask(old)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX modes")
+@pytest.mark.parametrize("mask", [0o022, 0o077, 0o002, 0o027])
+def test_saved_file_gets_the_mode_a_plain_open_would(tmp_path, umask, mask):
+    umask(mask)
+    net = small()
+    net.save(tmp_path / "m.npz")
+    np.savez(tmp_path / "plain.npz", a=np.zeros(2))
+    mode = os.stat(tmp_path / "m.npz").st_mode & 0o777
+    assert mode == 0o666 & ~mask == os.stat(tmp_path / "plain.npz").st_mode & 0o777
+    # replacing an existing file, and a checkpoint, too
+    net.save(tmp_path / "m.npz")
+    assert os.stat(tmp_path / "m.npz").st_mode & 0o777 == 0o666 & ~mask
+    net.fit(X, Y, epochs=1, verbose=0, callbacks=[fb.ModelCheckpoint(tmp_path / "ck-{epoch}.npz", monitor="loss")])
+    assert os.stat(tmp_path / "ck-1.npz").st_mode & 0o777 == 0o666 & ~mask
+    assert os.umask(mask) == mask   # saving leaves the umask as it was
+
+
+def test_save_into_a_missing_folder_names_the_users_path(tmp_path):
+    path = tmp_path / "missing" / "folder" / "m.npz"
+    with pytest.raises(FileNotFoundError) as exc:
+        small().save(path)
+    assert exc.value.filename == str(path)
+    assert str(path) in str(exc.value) and ".fastbp-" not in str(exc.value)
+    assert not (tmp_path / "missing").exists()
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="POSIX permissions (root ignores them)")
+def test_save_into_a_read_only_folder_names_the_users_path(tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        with pytest.raises(PermissionError) as exc:
+            small().save(folder / "m.npz")
+    finally:
+        folder.chmod(0o700)
+    assert exc.value.filename == str(folder / "m.npz") and ".fastbp-" not in str(exc.value)
+
+
+def _age(path, seconds):
+    t = time.time() - seconds
+    os.utime(path, (t, t))
+
+
+@pytest.mark.skipif(_io.fcntl is None, reason="needs flock")
+def test_a_save_killed_midway_leaves_a_temporary_that_the_next_save_removes(tmp_path):
+    # a real writer: it holds its temporary file's lock and is then killed with SIGKILL
+    code = textwrap.dedent(f"""
+        import sys, time
+        from fastbp import _io
+        def write(f):
+            f.write(b"PK partial")
+            f.flush()
+            print("writing", flush=True)
+            time.sleep(60)
+        _io.write_atomically({str(tmp_path / "m.npz")!r}, write)
+    """)
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                         env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(fb.__file__))})
+    try:
+        assert p.stdout.readline().strip() == "writing"
+        (tmp,) = [f for f in os.listdir(tmp_path) if f.startswith(".fastbp-")]
+        _age(tmp_path / tmp, 120)
+        small().save(tmp_path / "other.npz")       # the writer still runs and holds its lock: kept
+        assert tmp in os.listdir(tmp_path)
+    finally:
+        p.kill()
+        p.wait()
+    fresh = tmp_path / ".fastbp-abcd1234.npz.tmp"   # a killed save of a minute ago or less: kept
+    fresh.write_bytes(b"x")
+    unknown = tmp_path / ".fastbp-x.npz.tmp"        # not a name our saves make: kept
+    unknown.write_bytes(b"x")
+    _age(unknown, 3600)
+    assert tmp in os.listdir(tmp_path)
+    small().save(tmp_path / "other.npz")
+    names = set(os.listdir(tmp_path))
+    assert tmp not in names                         # killed over a minute ago, lock released: removed
+    assert {"other.npz", fresh.name, unknown.name} <= names
