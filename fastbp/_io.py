@@ -2,7 +2,8 @@
 
 A file holds ``format`` ("fastbp.Network"), ``format_version`` (1), ``config`` (the JSON of
 ``Network.get_config()``), ``params`` and ``norm_state`` (the flat buffers), ``rng`` (the dropout
-generator's state), ``shuffle_state`` (the JSON of the shuffling generator's state) and, for a
+generator's state), ``shuffle_state`` (the JSON of the shuffling generator's state), ``epoch``
+(the epochs trained: what ``fit(initial_epoch=...)`` resumes at; files without it load) and, for a
 network that has an optimizer, ``optimizer_config`` (JSON), ``optimizer_step`` and
 ``optimizer_state_0..2``.
 
@@ -43,6 +44,7 @@ def save(net, path):
         "config": np.array(json.dumps(net.get_config())), "params": net.params,
         "norm_state": net.norm_state, "rng": net._rng,
         "shuffle_state": np.array(json.dumps(net._shuffle_rng.bit_generator.state)),
+        "epoch": np.array(int(getattr(net, "_epoch", 0)), np.int64),
     }
     opt = net.optimizer
     if opt is not None:
@@ -276,6 +278,9 @@ def _load(cls, path, headers, npz):
         if headers["rng"][0] not in ((), (1,)):
             raise ValueError(f"the dropout generator's state has shape {headers['rng'][0]}, expected (1,)")
         shuffle_state = text("shuffle_state")
+        epoch = scalar("epoch", "iu") if "epoch" in headers else None
+        if "epoch" in headers and (epoch is None or epoch < 0):
+            raise ModelFileError(f"{path!r}: the epoch count must be one non-negative integer")
         opt = None
         if "optimizer_config" in headers:
             opt = from_config(text("optimizer_config"))
@@ -313,6 +318,8 @@ def _load(cls, path, headers, npz):
             net.norm_state[...] = st
         net._rng[...] = rng
         net._shuffle_rng.bit_generator.state = shuffle_state
+        if epoch is not None:
+            net._epoch = net._loaded_epoch = int(epoch)
         if opt is not None:
             opt._load_state(int(step[0]), states)
             opt._bind(net)

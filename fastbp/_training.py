@@ -214,6 +214,25 @@ def warn_interrupted(epoch, done, n_batches):
                       f"its weights and history.", UserWarning, stacklevel=3)
 
 
+def warn_restart(net, opt, schedule, initial_epoch, n_rows):
+    """Warn, once after ``load``, when a network whose saved optimizer has stepped is fit from
+    epoch 0 with a schedule that gives epoch 0 another rate than the saved epoch: ``initial_epoch``
+    keeps Keras's meaning (default 0), so the schedule restarts, although the file says how far
+    training went."""
+    saved, net._loaded_epoch = getattr(net, "_loaded_epoch", None), None
+    if not saved or initial_epoch != 0 or schedule is None or opt is not net.optimizer or not opt._step[0]:
+        return
+    first, then = float(schedule(0, opt.lr, 0)), float(schedule(saved, opt.lr, saved * n_rows))
+    if first == then:
+        return
+    warnings.warn(f"this network was loaded from a file saved after epoch {saved} (optimizer step "
+                  f"{int(opt._step[0])}), but fit starts at initial_epoch=0: the schedule "
+                  f"{type(schedule).__name__} restarts, and the learning rate goes back to {first:.4g} "
+                  f"(epoch {saved + 1} would have {then:.4g}). To continue where training stopped, pass "
+                  f"initial_epoch={saved} (net.epochs_trained, with epochs > {saved}); to restart, ignore this (it is given "
+                  f"once after load).", UserWarning, stacklevel=3)
+
+
 def validation_set(net, validation_data, validation_split, X, T, labels, use_labels, sw):
     """fit's validation data checked: ((X, T, labels, sw) to train on, the validation set
     (X, T, labels, use_labels, sw) or None), from ``validation_data`` or by ``split``."""

@@ -110,3 +110,58 @@ def test_a_save_killed_midway_leaves_a_temporary_that_the_next_save_removes(tmp_
     names = set(os.listdir(tmp_path))
     assert tmp not in names                         # killed over a minute ago, lock released: removed
     assert {"other.npz", fresh.name, unknown.name} <= names
+
+
+# ==== 4. resuming ===============================================================================================
+def _saved_after(tmp_path, epochs, schedule):
+    net = small()
+    net.fit(X, Y, epochs=epochs, verbose=0, optimizer=fb.SGD(lr=0.1), schedule=schedule)
+    net.save(tmp_path / "m.npz")
+    return fb.Network.load(tmp_path / "m.npz")
+
+
+def test_the_file_knows_the_epochs_trained(tmp_path):
+    net = small()
+    assert net.epochs_trained == 0
+    net.fit(X, Y, epochs=3, verbose=0)
+    assert net.epochs_trained == 3
+    net.save(tmp_path / "m.npz")
+    back = fb.Network.load(tmp_path / "m.npz")
+    assert back.epochs_trained == 3
+    back.fit(X, Y, epochs=5, initial_epoch=back.epochs_trained, verbose=0)
+    assert back.epochs_trained == 5
+
+
+def test_old_files_without_the_epoch_still_load(tmp_path):
+    small().save(tmp_path / "m.npz")
+    with np.load(tmp_path / "m.npz") as z:
+        arrays = {k: z[k] for k in z.files if k != "epoch"}
+    np.savez(tmp_path / "old.npz", **arrays)
+    assert fb.Network.load(tmp_path / "old.npz").epochs_trained == 0
+
+
+def test_fitting_a_loaded_network_from_epoch_0_with_a_schedule_warns_once(tmp_path, recwarn):
+    back = _saved_after(tmp_path, 3, fb.ExponentialDecay(0.5))
+    with pytest.warns(UserWarning, match=r"saved after epoch 3 .*ExponentialDecay restarts, and the learning "
+                                         r"rate goes back to 0\.1 .*pass initial_epoch=3") as w:
+        h = back.fit(X, Y, epochs=2, verbose=0)
+    assert len([x for x in w if "saved after epoch" in str(x.message)]) == 1
+    assert h.history["lr"][0] == pytest.approx(0.1)   # Keras's meaning kept: it did restart
+    recwarn.clear()
+    back.fit(X, Y, epochs=2, verbose=0)                # once
+    assert not [x for x in recwarn if "saved after epoch" in str(x.message)]
+
+
+@pytest.mark.parametrize("case", ["resumed", "no schedule", "new optimizer", "plateau"])
+def test_no_resume_warning_when_nothing_restarts(tmp_path, recwarn, case):
+    schedule = (None if case == "no schedule" else
+                fb.ReduceLROnPlateau("loss") if case == "plateau" else fb.ExponentialDecay(0.5))
+    back = _saved_after(tmp_path, 3, schedule)
+    if case == "resumed":
+        h = back.fit(X, Y, epochs=5, initial_epoch=3, verbose=0)
+        assert h.history["lr"][0] == pytest.approx(0.1 * 0.5 ** 3)
+    elif case == "new optimizer":
+        back.fit(X, Y, epochs=1, optimizer=fb.SGD(lr=0.1, schedule=fb.ExponentialDecay(0.5)), verbose=0)
+    else:
+        back.fit(X, Y, epochs=1, verbose=0)
+    assert not [x for x in recwarn if "saved after epoch" in str(x.message)]
