@@ -214,6 +214,19 @@ def warn_interrupted(epoch, done, n_batches):
                       f"its weights and history.", UserWarning, stacklevel=3)
 
 
+def schedule_epoch_end(opt, epoch, logs, samples_seen, verbose):
+    """Tell ``opt``'s schedule the epoch's logs; when that changes the next epoch's rate
+    (ReduceLROnPlateau) and ``verbose`` >= 1, say so in one line (as Keras)."""
+    schedule = opt.schedule
+    before = float(schedule(epoch + 1, opt.lr, samples_seen)) if verbose else None
+    schedule.on_epoch_end(epoch, logs)
+    if verbose:
+        after = float(schedule(epoch + 1, opt.lr, samples_seen))
+        if after != before:
+            print(f"epoch {epoch + 1}: {type(schedule).__name__} {'reduced' if after < before else 'changed'} "
+                  f"the learning rate to {after:.4g}", flush=True)
+
+
 def warn_restart(net, opt, schedule, initial_epoch, n_rows):
     """Warn, once after ``load``, when a network whose saved optimizer has stepped is fit from
     epoch 0 with a schedule that gives epoch 0 another rate than the saved epoch: ``initial_epoch``

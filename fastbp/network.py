@@ -14,7 +14,8 @@ import numpy as np
 from . import _buffers, _io
 from ._progress import InterruptFlag, Progress, closing_on_error, isatty
 from ._training import (History, Runner, check_callbacks, check_monitors, raise_diverged, validation_set,
-                        warn_interrupted, warn_restart)
+                        schedule_epoch_end, warn_interrupted,
+                        warn_restart)
 from ._validation import (check_architecture, check_float, check_int, check_positive_int, check_sample_weight,
                           check_targets, check_weights, check_X, with_class_weights)
 from .errors import InputError
@@ -345,6 +346,7 @@ class Network:
         self.stop_training = False
         for cb in callbacks:
             cb.set_model(self)
+            cb.set_params({"verbose": verbose, "epochs": epochs})
         interrupted = InterruptFlag()
         samples_seen = initial_epoch * N
         with interrupted, closing_on_error(callbacks), runner:
@@ -375,11 +377,11 @@ class Network:
                     logs.update(runner.gradient_logs())
                 hist._append(epoch, **logs)
                 self._epoch = epoch + 1
+                progress.end(epoch, logs, seconds)   # the epoch's line, then what callbacks say
                 if opt.schedule is not None:
-                    opt.schedule.on_epoch_end(epoch, logs)
+                    schedule_epoch_end(opt, epoch, logs, samples_seen, verbose)
                 for cb in callbacks:
                     cb.on_epoch_end(epoch, logs)
-                progress.end(epoch, logs, seconds)
                 if self.stop_training or interrupted.flag:
                     if interrupted.flag:
                         hist.interrupted = True

@@ -165,3 +165,92 @@ def test_no_resume_warning_when_nothing_restarts(tmp_path, recwarn, case):
     else:
         back.fit(X, Y, epochs=1, verbose=0)
     assert not [x for x in recwarn if "saved after epoch" in str(x.message)]
+
+
+# ==== 2. progress and what callbacks say ========================================================================
+LOGS = {"loss": 0.1234, "accuracy": 0.95432, "lr": 0.001, "val_loss": 0.2345, "val_accuracy": 0.9321}
+
+
+def _drawn(width, n=60000, epochs=10):
+    pytest.importorskip("tqdm")
+    from fastbp._progress import Progress
+    f = io.StringIO()
+    p = Progress(1, n, epochs, file=f, width=width)
+    p.start(epochs - 1)
+    for _ in range(10):
+        p.update(n // 10, 0.25)
+    p.end(epochs - 1, LOGS, 3.2)
+    return f.getvalue()
+
+
+@pytest.mark.parametrize("width", [80, 100, 120])
+def test_the_epoch_summary_shows_in_full_and_the_bar_stays_readable(width):
+    out = _drawn(width)
+    pieces = [p for line in out.split("\n") for p in line.split("\r") if p]
+    bars = [p for p in pieces if "|" in p]
+    assert bars and all(len(b) <= width for b in bars)
+    assert all(b.split("|")[1].count("#") + b.split("|")[1].count(" ") >= 10 for b in bars)   # a real bar
+    assert "100%" in bars[-1] and "60.0k/60.0k" in bars[-1]
+    summary = [p for p in pieces if "val_accuracy: 0.9321" in p]
+    assert len(summary) == 1 and all(f"{k}: " in summary[0] for k in LOGS)
+
+
+def test_a_wide_terminal_keeps_the_summary_on_the_bar():
+    out = _drawn(250)
+    assert "|" in out.split("\n")[-2] and "val_accuracy: 0.9321" in out.split("\n")[-2]
+    assert out.count("epoch 10/10") == out.count("epoch 10/10 ")   # no separate summary line
+
+
+@pytest.mark.parametrize("width", [0, 10])
+def test_unknown_or_tiny_width_prints_one_line_per_epoch(width):
+    out = _drawn(width)
+    assert out == "epoch 10/10 - 3.20s - 18,750 samples/s - loss: 0.1234 - accuracy: 0.9543 - lr: 0.001 - " \
+                  "val_loss: 0.2345 - val_accuracy: 0.9321\n"
+
+
+def test_fit_at_width_0_prints_lines_not_empty_ones(capsys, monkeypatch):
+    pytest.importorskip("tqdm")
+    monkeypatch.setenv("COLUMNS", "0")
+    small().fit(X, Y, epochs=2, batch_size=16, verbose=1, validation_data=(X, Y))
+    out, err = capsys.readouterr()
+    lines = err.strip("\n").split("\n")
+    assert out == "" and len(lines) == 2
+    for e, line in enumerate(lines):
+        assert line.startswith(f"epoch {e + 1}/2 - ") and "val_loss: " in line and "val_accuracy: " in line
+
+
+def _stops(es, verbose):
+    net = small()
+    # lr never improves: EarlyStopping on it stops after `patience` epochs
+    net.fit(X, Y, epochs=10, verbose=verbose, callbacks=[es])
+    return net
+
+
+@pytest.mark.parametrize("verbose", [1, 2])
+def test_early_stopping_says_one_line_when_it_acts(capsys, verbose, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "0")
+    _stops(fb.EarlyStopping("lr", patience=2, restore_best_weights=True), verbose)
+    out = capsys.readouterr().out
+    assert [line for line in out.splitlines() if "early stopping" in line] == \
+        ["epoch 3: early stopping; restored the weights of epoch 1"]
+    _stops(fb.EarlyStopping("lr", patience=2), verbose)
+    assert "epoch 3: early stopping; best lr 0.001 at epoch 1\n" in capsys.readouterr().out
+
+
+def test_early_stopping_is_quiet_at_verbose_0_or_when_told(capsys):
+    _stops(fb.EarlyStopping("lr", patience=2), 0)
+    _stops(fb.EarlyStopping("lr", patience=2, verbose=0), 2)
+    assert "early stopping" not in capsys.readouterr().out
+    _stops(fb.EarlyStopping("lr", patience=2, verbose=1), 0)
+    assert capsys.readouterr().out == "epoch 3: early stopping; best lr 0.001 at epoch 1\n"
+
+
+@pytest.mark.parametrize("verbose", [0, 2])
+def test_reduce_lr_on_plateau_says_one_line_when_it_acts(capsys, verbose):
+    net = small()
+    h = net.fit(X, Y, epochs=4, verbose=verbose, optimizer=fb.SGD(lr=0.1),
+                schedule=fb.ReduceLROnPlateau("lr", factor=0.5, patience=1, min_delta=0.0))
+    said = [line for line in capsys.readouterr().out.splitlines() if "ReduceLROnPlateau" in line]
+    assert h.history["lr"] == pytest.approx([0.1, 0.1, 0.05, 0.05])
+    assert said == ([] if verbose == 0 else ["epoch 2: ReduceLROnPlateau reduced the learning rate to 0.05",
+                                             "epoch 4: ReduceLROnPlateau reduced the learning rate to 0.025"])
