@@ -254,3 +254,37 @@ def test_reduce_lr_on_plateau_says_one_line_when_it_acts(capsys, verbose):
     assert h.history["lr"] == pytest.approx([0.1, 0.1, 0.05, 0.05])
     assert said == ([] if verbose == 0 else ["epoch 2: ReduceLROnPlateau reduced the learning rate to 0.05",
                                              "epoch 4: ReduceLROnPlateau reduced the learning rate to 0.025"])
+
+
+# ==== 5. the bench's machine check ===============================================================================
+def test_a_starved_machine_is_not_measured_against_its_own_starved_median():
+    from fastbp import bench
+    # issue 21: 2-thread probes of about 1 GFLOP/s while one thread had done 91 at start
+    res = [{"workload": "digits", "round": r, "peer": p, "probe_gflops": g}
+           for r, p, g in [(1, "fastbp", [1.05, 0.9]), (1, "torch", [1.1, 0.8]), (2, "fastbp", [1.0, 1.2])]]
+    ref, slow = bench.slow_rounds(res, floor=91.0)
+    assert ref == 91.0 and len(slow) == 3
+    assert bench.starved(res, 91.0)
+    assert bench.slow_rounds(res)[1] == []                  # the median alone saw nothing wrong
+    fine = [{"workload": "w", "round": 1, "peer": "p", "probe_gflops": [150.0, 160.0]}]
+    assert bench.slow_rounds(fine, floor=91.0) == (155.0, []) and not bench.starved(fine, 91.0)
+    assert not bench.starved(fine, None)
+
+
+def test_probe_rates_print_with_significant_digits():
+    from fastbp.bench.timing import fmt_gflops
+    assert fmt_gflops(0.27) == "0.27" and fmt_gflops(1.05) == "1.05" and fmt_gflops(91.4) == "91.4"
+
+
+# ==== 6. the example config says what it does ==================================================================
+def test_spirals_config_comment_states_the_resolved_T_max():
+    import pathlib
+    from fastbp.cli.checks import Context
+    from fastbp.cli.config import read_config, resolve
+    path = pathlib.Path(__file__).resolve().parent.parent / "examples" / "configs" / "spirals.toml"
+    raw = read_config(path)
+    cfg = resolve(raw, Context(str(path)))
+    s, epochs = cfg["schedule"], cfg["training"]["epochs"]
+    line = next(l for l in path.read_text().splitlines() if "T_max" in l)
+    assert "T_max defaults to epochs - warmup_epochs" in line
+    assert s["T_max"] == epochs - s["warmup_epochs"]
