@@ -39,6 +39,7 @@ import warnings
 
 import numpy as np
 
+from ._blas import ThreadPolicy
 from .callbacks import Callback
 from .errors import DivergenceError, InputError
 from .kernels import network as K
@@ -114,13 +115,16 @@ class Runner:
         self.kset = net._training_kernels(opt.kind)
         self.chunk = 1          # batches per call when Python wants control back every CHUNK_SECONDS
         self._ws = self._borrowed = None
+        self.threads = ThreadPolicy(net.layer_sizes, batch_size)   # the BLAS threads unless the user set them
 
     def __enter__(self):
         self._borrowed = self.net._borrow(self.batch_size)
         self._ws = self._borrowed.__enter__()
+        self.threads.__enter__()
         return self
 
     def __exit__(self, *exc):
+        self.threads.__exit__(*exc)
         borrowed, self._borrowed, self._ws = self._borrowed, None, None
         return borrowed.__exit__(*exc)
 
@@ -130,6 +134,7 @@ class Runner:
         from 0..N-1 (so that it depends only on the generator's state: resuming repeats it)."""
         self.hp = self.opt._hparams()
         self.tstats[...] = 0.0
+        self.threads.recheck()
         if shuffle_rng is not None:
             self.perm[...] = self.order
             shuffle_rng.shuffle(self.perm)

@@ -288,3 +288,90 @@ def test_spirals_config_comment_states_the_resolved_T_max():
     line = next(l for l in path.read_text().splitlines() if "T_max" in l)
     assert "T_max defaults to epochs - warmup_epochs" in line
     assert s["T_max"] == epochs - s["warmup_epochs"]
+
+
+# ==== 1. the thread policy (its speed is the benchmark fastbp.bench.threads; these check what it chooses) ====
+from fastbp import _blas   # noqa: E402
+
+
+@pytest.fixture
+def policy():
+    before = fb.get_thread_setting()
+    fb.set_num_threads(None)
+    yield
+    fb.set_num_threads(before)
+
+
+def _threads_during_fit(sizes, batch):
+    seen = []
+    net = fb.Network(sizes, seed=0)
+    Xs = rng0.standard_normal((2 * batch, sizes[0])).astype(np.float32)
+    ys = np.arange(2 * batch) % sizes[-1]
+    net.fit(Xs, ys, epochs=1, batch_size=batch, verbose=0,
+            callbacks=[fb.LambdaCallback(on_epoch_end=lambda e, logs: seen.append(fb.get_num_threads()))])
+    return seen[0]
+
+
+@pytest.mark.skipif(_blas._set_threads is None, reason="a BLAS without a thread knob")
+def test_small_networks_train_on_one_blas_thread_by_default(policy):
+    before = fb.get_num_threads()
+    assert fb.get_thread_setting() is None
+    assert _threads_during_fit([64, 100, 10], 200) == 1     # digits' drop-in: 200 x 64 x 100
+    assert fb.get_num_threads() == before                    # restored after the fit
+
+
+@pytest.mark.skipif(_blas._set_threads is None or _blas.cores() < 2, reason="needs 2 cores and a thread knob")
+def test_a_count_the_user_set_is_kept(policy):
+    fb.set_num_threads(2)
+    assert fb.get_thread_setting() == 2
+    assert _threads_during_fit([64, 100, 10], 200) == 2
+    fb.set_num_threads(None)
+    assert fb.get_thread_setting() is None and fb.get_num_threads() == _blas.cores()
+
+
+def test_policy_chooses_by_the_largest_product_and_the_free_cores(monkeypatch):
+    assert _blas.largest_product([64, 100, 10], 200) == 200 * 64 * 100
+    assert _blas.policy_threads([64, 100, 10], 200)[0] == 1
+    monkeypatch.setattr(_blas, "cores", lambda: 4)
+    monkeypatch.setattr(_blas, "busy_elsewhere", lambda: 0)
+    assert _blas.policy_threads([1024, 2048, 2048, 10], 256)[0] == 4
+    monkeypatch.setattr(_blas, "busy_elsewhere", lambda: 1)
+    n, why = _blas.policy_threads([1024, 2048, 2048, 10], 256)
+    assert n == 3 and "1 kept busy by other processes" in why
+    monkeypatch.setattr(_blas, "busy_elsewhere", lambda: 9)
+    assert _blas.policy_threads([1024, 2048, 2048, 10], 256)[0] == 1
+    monkeypatch.setattr(_blas, "busy_elsewhere", lambda: None)       # the OS does not say
+    assert _blas.policy_threads([1024, 2048, 2048, 10], 256)[0] == 4
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/loadavg"), reason="Linux")
+def test_a_busy_competitor_is_seen():
+    p = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)
+        assert max(_blas.busy_elsewhere() for _ in range(20)) >= 1
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_environment_thread_variables_count_as_the_users_setting():
+    code = "import fastbp as fb; print(fb.get_thread_setting(), fb.get_num_threads())"
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(fb.__file__)), "OPENBLAS_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["1", "1"]
+
+
+def test_info_says_what_the_policy_chose(policy):
+    from fastbp.cli.info import collect_info
+    tp = collect_info()["thread_policy"]
+    assert tp["user_setting"] is None and tp["min_mnk"] == _blas.POLICY_MIN_MNK
+    assert tp["examples"]["the scikit-learn drop-in on digits (64-100-10, batch 200)"].startswith("1: ")
+    fb.set_num_threads(1)
+    assert collect_info()["thread_policy"]["user_setting"] == 1
+
+
+def test_set_num_threads_refuses_bad_counts():
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(fb.InputError, match=r"number of threads must be an integer >= 1 or None"):
+            fb.set_num_threads(bad)
