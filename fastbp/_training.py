@@ -26,7 +26,9 @@ they use only these members:
   gradients written into ``net.grads``; ``net._predict_checked(X)``: outputs of checked X;
 - ``Network._configured(...)``, ``net._n_flat``, ``net._n_state``, ``net._allocate()``: a
   network checked and laid out without allocating, its buffer lengths, then its buffers
-  (``_io.load``).
+  (``_io.load``);
+- ``net._epoch``: the epochs trained (``epochs_trained``; saved), ``net._loaded_epoch``: that
+  count as ``_io.load`` read it, until the next fit (``warn_restart``).
 
 and of an optimizer: ``opt.kind``, ``opt._bind(net)`` (its state, allocated once),
 ``opt._hparams()`` (its hyper-parameters packed for the kernel), ``opt._step``, and for

@@ -14,8 +14,7 @@ import numpy as np
 from . import _buffers, _io
 from ._progress import InterruptFlag, Progress, closing_on_error, isatty
 from ._training import (History, Runner, check_callbacks, check_monitors, raise_diverged, validation_set,
-                        schedule_epoch_end, warn_interrupted,
-                        warn_restart)
+                        schedule_epoch_end, warn_interrupted, warn_restart)
 from ._validation import (check_architecture, check_float, check_int, check_positive_int, check_sample_weight,
                           check_targets, check_weights, check_X, with_class_weights)
 from .errors import InputError
@@ -394,7 +393,7 @@ class Network:
     @property
     def epochs_trained(self):
         """Epochs finished by ``fit`` so far (kept in saved files): where a resumed fit continues."""
-        return self._epoch
+        return getattr(self, "_epoch", 0)   # 0 for a network pickled before it was kept
 
     # ---- inference ----------------------------------------------------------------------------
     def predict_proba(self, X):
