@@ -20,19 +20,19 @@ __version__ = "0.1.0"
 
 def set_num_threads(n):
     """The one thread knob: sets both Numba's threads and the BLAS threads to ``n``, for every
-    fit from now on. ``None``: back to the default policy, under which each fit picks the BLAS
+    fit from now on. ``"auto"``: back to the default policy, under which each fit picks the BLAS
     threads itself (one thread for networks whose products are all small, never more than the
     cores other processes leave free; see ``fastbp info``). OPENBLAS_NUM_THREADS or
     OMP_NUM_THREADS in the environment count as the user's setting.
 
     Numba's count is capped at the size of its pool (``NUMBA_NUM_THREADS``).
     """
-    if n is None:
+    if isinstance(n, str) and n == "auto":
         _numba.set_num_threads(_numba.config.NUMBA_NUM_THREADS)
         set_user_threads(None)
         return
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise InputError(f"number of threads must be an integer >= 1 or None, got {n!r}")
+        raise InputError(f'number of threads must be an integer >= 1 or "auto", got {n!r}')
     _numba.set_num_threads(min(n, _numba.config.NUMBA_NUM_THREADS))
     set_user_threads(n)
 
@@ -43,9 +43,10 @@ def get_num_threads():
 
 
 def get_thread_setting():
-    """The count the user set (``set_num_threads``, the environment), or None: the policy.
+    """The count the user set (``set_num_threads``, the environment), or ``"auto"``: the policy.
     ``set_num_threads(get_thread_setting())`` restores either."""
-    return user_threads()
+    n = user_threads()
+    return "auto" if n is None else n
 
 
 __all__ = ["Network", "History", "callbacks", "schedules", "EarlyStopping", "ModelCheckpoint", "CSVLogger",

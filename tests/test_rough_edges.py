@@ -297,7 +297,7 @@ from fastbp import _blas   # noqa: E402
 @pytest.fixture
 def policy():
     before = fb.get_thread_setting()
-    fb.set_num_threads(None)
+    fb.set_num_threads("auto")
     yield
     fb.set_num_threads(before)
 
@@ -315,7 +315,7 @@ def _threads_during_fit(sizes, batch):
 @pytest.mark.skipif(_blas._set_threads is None, reason="a BLAS without a thread knob")
 def test_small_networks_train_on_one_blas_thread_by_default(policy):
     before = fb.get_num_threads()
-    assert fb.get_thread_setting() is None
+    assert fb.get_thread_setting() == "auto"
     assert _threads_during_fit([64, 100, 10], 200) == 1     # digits' drop-in: 200 x 64 x 100
     assert fb.get_num_threads() == before                    # restored after the fit
 
@@ -325,8 +325,8 @@ def test_a_count_the_user_set_is_kept(policy):
     fb.set_num_threads(2)
     assert fb.get_thread_setting() == 2
     assert _threads_during_fit([64, 100, 10], 200) == 2
-    fb.set_num_threads(None)
-    assert fb.get_thread_setting() is None and fb.get_num_threads() == _blas.cores()
+    fb.set_num_threads("auto")
+    assert fb.get_thread_setting() == "auto" and fb.get_num_threads() == _blas.cores()
 
 
 def test_policy_chooses_by_the_largest_product_and_the_free_cores(monkeypatch):
@@ -372,6 +372,6 @@ def test_info_says_what_the_policy_chose(policy):
 
 
 def test_set_num_threads_refuses_bad_counts():
-    for bad in (0, -1, 1.5, True, "2"):
-        with pytest.raises(fb.InputError, match=r"number of threads must be an integer >= 1 or None"):
+    for bad in (0, -1, 1.5, True, "2", None, "Auto"):
+        with pytest.raises(fb.InputError, match=r"number of threads must be an integer >= 1 or \"auto\""):
             fb.set_num_threads(bad)

@@ -64,7 +64,8 @@ POLICY_EXAMPLES = {"the scikit-learn drop-in on digits (64-100-10, batch 200)": 
 def _thread_policy(fb):
     """What the default thread policy chooses (or that the user's count overrides it)."""
     from .._blas import POLICY_MIN_MNK, busy_elsewhere, cores, policy_threads
-    return {"user_setting": fb.get_thread_setting(), "min_mnk": POLICY_MIN_MNK, "cores": cores(),
+    setting = fb.get_thread_setting()
+    return {"user_setting": None if setting == "auto" else setting, "min_mnk": POLICY_MIN_MNK, "cores": cores(),
             "busy_elsewhere_now": busy_elsewhere(),
             "examples": {k: policy_threads(*v)[1] for k, v in POLICY_EXAMPLES.items()}}
 
