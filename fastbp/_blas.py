@@ -19,6 +19,7 @@ correct, slower, and dependency-free.
 import ctypes
 import glob
 import os
+import time
 
 import llvmlite.binding as llvm
 import numpy as np
@@ -221,3 +222,129 @@ def dx_via_transpose(m, n_in, n_out, dtype):
     dZ @ (W^T copied out) rather than as a transposed product (see DIRECT_MNK)."""
     return (_direct_kernels(BLAS_INFO) and np.dtype(dtype) == np.float32
             and (m * n_in * n_out <= DIRECT_MNK or n_out == 1))
+
+
+# ---- the default thread policy ----------------------------------------------------------------------------------
+# Until the user picks a count (fastbp.set_num_threads, an estimator's n_threads, or
+# OPENBLAS_NUM_THREADS / OMP_NUM_THREADS in the environment), a fit chooses the BLAS threads
+# from its network and the machine (``policy_threads``): one thread when every product of a
+# step is small, and never more threads than cores free of other runnable work. A second BLAS
+# thread pays only on large products (``wide``: 1.75x on 2 cores, idle) and costs at small ones
+# (digits' 200x64x100 step: no gain idle; and on a busy machine a descheduled BLAS thread stalls
+# every product that waits for it: 4-22x slower fits, issue 21). OpenBLAS itself runs products
+# of m*n*k <= 262144 on one thread; POLICY_MIN_MNK moves that bound up to where the split paid.
+# The forward, dW and dX products of a layer have the same m*n*k (batch x n_in x n_out), so the
+# network's largest layer decides; the threads are set once per fit (per product would need a
+# call inside the compiled kernels) and the free cores re-read every POLICY_RECHECK_S.
+POLICY_MIN_MNK = 8 << 20
+POLICY_RECHECK_S = 0.5
+_USER = {"threads": None}   # the user's count, or None: the policy
+
+
+def _env_threads():
+    for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+        try:
+            n = int(os.environ.get(k, ""))
+        except ValueError:
+            continue
+        if n >= 1:
+            return n
+    return None
+
+
+_USER["threads"] = _env_threads()
+
+
+def set_user_threads(n):
+    """Record the user's thread count (None: back to the policy) and apply it to the BLAS."""
+    _USER["threads"] = None if n is None else int(n)
+    set_blas_threads(n if n is not None else cores())
+
+
+def user_threads():
+    return _USER["threads"]
+
+
+def cores():
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _own_running():
+    """This process's threads in state R (one at least: the one asking)."""
+    n = 0
+    try:
+        for t in os.listdir("/proc/self/task"):
+            try:
+                with open(f"/proc/self/task/{t}/stat", "rb") as f:
+                    if f.read().rsplit(b")", 1)[1].split()[0] == b"R":
+                        n += 1
+            except (OSError, IndexError):
+                pass
+    except OSError:
+        return 1
+    return max(n, 1)
+
+
+def busy_elsewhere():
+    """Runnable threads of other processes right now (Linux: /proc/loadavg's running count less
+    this process's own); None where the OS does not say. On a machine shared with other work
+    this counts, e.g., the other jobs of a CI runner or a compile next to the fit."""
+    try:
+        with open("/proc/loadavg") as f:
+            running = int(f.read().split()[3].split("/")[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return max(0, running - _own_running())
+
+
+def largest_product(layer_sizes, batch):
+    """The largest m*n*k of a training step's products: batch x n_in x n_out of the widest layer."""
+    return max((batch * a * b for a, b in zip(layer_sizes[:-1], layer_sizes[1:])), default=0)
+
+
+def policy_threads(layer_sizes, batch):
+    """(threads, why) the default policy gives a fit of a network of ``layer_sizes`` at
+    ``batch`` rows now: 1 when its largest product is below POLICY_MIN_MNK, else all cores
+    less those other processes keep busy (at least 1)."""
+    mnk, n = largest_product(layer_sizes, batch), cores()
+    if mnk < POLICY_MIN_MNK:
+        return 1, f"1: its largest product ({mnk:,} = batch x n_in x n_out) is below {POLICY_MIN_MNK:,}"
+    busy = busy_elsewhere()
+    free = n if busy is None else max(1, n - busy)
+    return free, (f"{free}: a large product ({mnk:,}); {n} core(s)"
+                  + ("" if busy is None else f", {busy} kept busy by other processes now"))
+
+
+class ThreadPolicy:
+    """Within ``with``: the BLAS threads of one fit under the policy, unless the user set a
+    count (then nothing changes); ``recheck()`` (each epoch) follows the free cores at most every
+    POLICY_RECHECK_S. The count in force before is restored on exit."""
+
+    def __init__(self, layer_sizes, batch):
+        self.layer_sizes, self.batch = list(layer_sizes), batch
+        self.active = _USER["threads"] is None and _set_threads is not None
+        self.threads = self._before = None
+        self._checked = 0.0
+
+    def __enter__(self):
+        if self.active:
+            self._before = get_blas_threads()
+            self.recheck(force=True)
+        return self
+
+    def recheck(self, force=False):
+        if not self.active:
+            return
+        now = time.perf_counter()
+        if not force and now - self._checked < POLICY_RECHECK_S:
+            return
+        self._checked = now
+        n, _ = policy_threads(self.layer_sizes, self.batch)
+        if n != self.threads:
+            set_blas_threads(n)
+            self.threads = n
+
+    def __exit__(self, *exc):
+        if self.active and self._before is not None and self.threads != self._before:
+            set_blas_threads(self._before)
+        return False

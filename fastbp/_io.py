@@ -2,7 +2,8 @@
 
 A file holds ``format`` ("fastbp.Network"), ``format_version`` (1), ``config`` (the JSON of
 ``Network.get_config()``), ``params`` and ``norm_state`` (the flat buffers), ``rng`` (the dropout
-generator's state), ``shuffle_state`` (the JSON of the shuffling generator's state) and, for a
+generator's state), ``shuffle_state`` (the JSON of the shuffling generator's state), ``epoch``
+(the epochs trained: what ``fit(initial_epoch=...)`` resumes at; files without it load) and, for a
 network that has an optimizer, ``optimizer_config`` (JSON), ``optimizer_step`` and
 ``optimizer_state_0..2``.
 
@@ -12,10 +13,18 @@ against those headers, before any array is read or any network is built, so a fi
 ``load`` allocate more than the arrays it really contains.
 """
 
+import errno
 import json
 import os
+import stat
 import tempfile
+import time
 import zipfile
+
+try:
+    import fcntl
+except ImportError:   # Windows: no advisory locks, so stale temporaries are never removed
+    fcntl = None
 
 import numpy as np
 
@@ -35,6 +44,7 @@ def save(net, path):
         "config": np.array(json.dumps(net.get_config())), "params": net.params,
         "norm_state": net.norm_state, "rng": net._rng,
         "shuffle_state": np.array(json.dumps(net._shuffle_rng.bit_generator.state)),
+        "epoch": np.array(int(getattr(net, "_epoch", 0)), np.int64),
     }
     opt = net.optimizer
     if opt is not None:
@@ -44,14 +54,112 @@ def save(net, path):
         states = opt.state_arrays() or [np.zeros(n, net.dtype) for n in opt._state_sizes(net.params.shape[0])]
         for i, a in enumerate(states):
             arrays[f"optimizer_state_{i}"] = a
+    write_atomically(path, lambda f: np.savez(f, **arrays))
+
+
+TMP_PREFIX, TMP_SUFFIX = ".fastbp-", ".npz.tmp"
+STALE_SECONDS = 60   # a temporary file this much older than now, and not locked, was left by a killed save
+
+
+def _umask():
+    """The process's umask, read without changing it where the OS tells (Linux), else by setting
+    and restoring it."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _lock(fd, blocking=True):
+    """An exclusive advisory lock on the open file ``fd`` (released when the file is closed or its
+    process dies); False when another process holds it. True where there is no flock."""
+    if fcntl is None:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        return True
+    except OSError:
+        return False
+
+
+def _stale_name(name):
+    # exactly what mkstemp(prefix=TMP_PREFIX, suffix=TMP_SUFFIX) makes: 8 characters in between
+    return (name.startswith(TMP_PREFIX) and name.endswith(TMP_SUFFIX)
+            and len(name) == len(TMP_PREFIX) + 8 + len(TMP_SUFFIX))
+
+
+def remove_stale_temporaries(folder, now=None):
+    """Delete the ``.fastbp-XXXXXXXX.npz.tmp`` files in ``folder`` that a save killed midway
+    (``kill -9``, power loss) left: only regular files of this user, last written more than
+    STALE_SECONDS ago, whose lock no process holds (every save holds one on its temporary file
+    until it is renamed, and the OS drops it when the writer dies). Without flock (Windows)
+    nothing is removed. Returns the paths removed; errors are ignored (another process may
+    remove the same file)."""
+    if fcntl is None:
+        return []
+    now = time.time() if now is None else now
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        if not _stale_name(entry.name):
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid() or now - st.st_mtime < STALE_SECONDS:
+                continue
+            fd = os.open(entry.path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:
+            continue
+        try:
+            if _lock(fd, blocking=False) and os.path.samestat(os.fstat(fd), st):
+                os.unlink(entry.path)
+                removed.append(entry.path)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    return removed
+
+
+def write_atomically(path, write):
+    """Create or replace the file ``path`` with what ``write(binary_file)`` writes, atomically: a
+    temporary file in the same folder, flushed to disk, then renamed over ``path``. The file gets
+    the mode a plain ``open(path, "w")`` would give it (0666 less the umask), and errors name
+    ``path``, not the temporary file. Stale temporary files of killed saves in that folder are
+    removed first (see remove_stale_temporaries)."""
+    path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".fastbp-", suffix=".npz.tmp", dir=folder)
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(errno.ENOENT, f"cannot save: the folder {folder!r} does not exist", path)
+    remove_stale_temporaries(folder)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=TMP_SUFFIX, dir=folder)
+    except OSError as e:
+        raise type(e)(e.errno, f"cannot save in {folder!r}: {e.strerror}", path) from None
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+            _lock(f.fileno())   # mkstemp's file is new: nobody else holds its lock
+            mode = 0o666 & ~_umask()
+            if hasattr(os, "fchmod"):
+                os.fchmod(f.fileno(), mode)
+            else:
+                os.chmod(tmp, mode)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+            if fcntl is not None:
+                os.replace(tmp, path)   # still locked, so no cleanup can take the file meanwhile
+        if fcntl is None:
+            os.replace(tmp, path)   # Windows renames only closed files
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -170,6 +278,9 @@ def _load(cls, path, headers, npz):
         if headers["rng"][0] not in ((), (1,)):
             raise ValueError(f"the dropout generator's state has shape {headers['rng'][0]}, expected (1,)")
         shuffle_state = text("shuffle_state")
+        epoch = scalar("epoch", "iu") if "epoch" in headers else None
+        if "epoch" in headers and (epoch is None or epoch < 0):
+            raise ModelFileError(f"{path!r}: the epoch count must be one non-negative integer")
         opt = None
         if "optimizer_config" in headers:
             opt = from_config(text("optimizer_config"))
@@ -207,6 +318,8 @@ def _load(cls, path, headers, npz):
             net.norm_state[...] = st
         net._rng[...] = rng
         net._shuffle_rng.bit_generator.state = shuffle_state
+        if epoch is not None:
+            net._epoch = net._loaded_epoch = int(epoch)
         if opt is not None:
             opt._load_state(int(step[0]), states)
             opt._bind(net)

@@ -1,5 +1,7 @@
 """What a fit does around its batches: progress display, Ctrl-C, releasing callbacks' files."""
 
+import io
+import os
 import signal
 import sys
 import threading
@@ -58,12 +60,34 @@ class InterruptFlag:
         return False
 
 
-class Progress:
-    """verbose=1: a tqdm bar per epoch (samples/s, loss, ETA); verbose=2: a line per epoch."""
+def columns(stream):
+    """The width of the terminal ``stream`` writes to (else $COLUMNS); 0 when unknown."""
+    try:
+        n = os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, ValueError, OSError, io.UnsupportedOperation):
+        n = 0
+    if n <= 0:
+        try:
+            n = int(os.environ.get("COLUMNS", "0"))
+        except ValueError:
+            n = 0
+    return max(n, 0)
 
-    def __init__(self, verbose, n, epochs):
+
+MIN_COLUMNS = 40   # narrower (or unknown, or 0: ``script -q -c``, some CI logs): one line per epoch
+BAR_FORMAT = "{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} {rate_fmt} ETA {remaining}{postfix}"
+
+
+class Progress:
+    """verbose=1: a tqdm bar per epoch (samples/s, loss, ETA) on ``file`` (stderr), its summary
+    (every history value) on the bar when it fits, else on a line of its own below it (as
+    Keras); where the width is unknown or too small for a bar, one line per epoch there
+    instead. verbose=2: a line per epoch on stdout. ``width``: the columns (default: measured
+    at each epoch's start)."""
+
+    def __init__(self, verbose, n, epochs, file=None, width=None):
         self.verbose, self.n, self.epochs, self.bar = verbose, n, epochs, None
-        self._tqdm = None
+        self.file, self.width, self._tqdm = file, width, None
         if verbose == 1:
             try:
                 from tqdm.auto import tqdm
@@ -73,10 +97,22 @@ class Progress:
                               UserWarning, stacklevel=3)
                 self.verbose = 2
 
+    def _file(self):
+        return sys.stderr if self.file is None else self.file
+
+    def _line(self, epoch, seconds, text):
+        return f"epoch {epoch + 1}/{self.epochs} - {seconds:.2f}s - {self.n / seconds:,.0f} samples/s - {text}"
+
     def start(self, epoch):
-        if self._tqdm is not None:
-            self.bar = self._tqdm(total=self.n, desc=f"epoch {epoch + 1}/{self.epochs}", unit=" samples",
-                                  unit_scale=True, leave=True, file=sys.stderr, dynamic_ncols=True)
+        if self._tqdm is None:
+            return
+        notebook = any(c.__module__ == "tqdm.notebook" for c in self._tqdm.__mro__)   # a widget: no columns
+        ncols = None if notebook else (self.width if self.width is not None else columns(self._file()))
+        if ncols is not None and ncols < MIN_COLUMNS:
+            return   # no bar: end() prints the epoch's line
+        self.bar = self._tqdm(total=self.n, desc=f"epoch {epoch + 1}/{self.epochs}", unit=" samples",
+                              unit_scale=True, leave=True, file=self._file(), ncols=ncols,
+                              bar_format=BAR_FORMAT, mininterval=0.1)
 
     def update(self, samples, loss):
         if self.bar is not None:
@@ -86,11 +122,17 @@ class Progress:
     def end(self, epoch, logs, seconds):
         text = " - ".join(f"{k}: {v:.4g}" for k, v in logs.items())
         if self.bar is not None:
-            self.bar.set_postfix_str(text, refresh=True)
+            bar = self.bar
+            full = bar.format_meter(**{**bar.format_dict, "ncols": None, "postfix": text})
+            fits = bar.ncols is None or len(full) <= bar.ncols   # with a bar of at least 10 columns
+            bar.set_postfix_str(text if fits else f"loss {logs.get('loss', float('nan')):.4g}", refresh=True)
             self.close()
+            if not fits:
+                print(self._line(epoch, seconds, text), file=self._file(), flush=True)
         elif self.verbose == 2:
-            print(f"epoch {epoch + 1}/{self.epochs} - {seconds:.2f}s - {self.n / seconds:,.0f} samples/s - {text}",
-                  flush=True)
+            print(self._line(epoch, seconds, text), flush=True)
+        elif self._tqdm is not None:   # verbose=1 without the width for a bar
+            print(self._line(epoch, seconds, text), file=self._file(), flush=True)
 
     def close(self):
         if self.bar is not None:

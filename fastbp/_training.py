@@ -26,7 +26,9 @@ they use only these members:
   gradients written into ``net.grads``; ``net._predict_checked(X)``: outputs of checked X;
 - ``Network._configured(...)``, ``net._n_flat``, ``net._n_state``, ``net._allocate()``: a
   network checked and laid out without allocating, its buffer lengths, then its buffers
-  (``_io.load``).
+  (``_io.load``);
+- ``net._epoch``: the epochs trained (``epochs_trained``; saved), ``net._loaded_epoch``: that
+  count as ``_io.load`` read it, until the next fit (``warn_restart``).
 
 and of an optimizer: ``opt.kind``, ``opt._bind(net)`` (its state, allocated once),
 ``opt._hparams()`` (its hyper-parameters packed for the kernel), ``opt._step``, and for
@@ -39,6 +41,7 @@ import warnings
 
 import numpy as np
 
+from ._blas import ThreadPolicy
 from .callbacks import Callback
 from .errors import DivergenceError, InputError
 from .kernels import network as K
@@ -114,13 +117,16 @@ class Runner:
         self.kset = net._training_kernels(opt.kind)
         self.chunk = 1          # batches per call when Python wants control back every CHUNK_SECONDS
         self._ws = self._borrowed = None
+        self.threads = ThreadPolicy(net.layer_sizes, batch_size)   # the BLAS threads unless the user set them
 
     def __enter__(self):
         self._borrowed = self.net._borrow(self.batch_size)
         self._ws = self._borrowed.__enter__()
+        self.threads.__enter__()
         return self
 
     def __exit__(self, *exc):
+        self.threads.__exit__(*exc)
         borrowed, self._borrowed, self._ws = self._borrowed, None, None
         return borrowed.__exit__(*exc)
 
@@ -130,6 +136,7 @@ class Runner:
         from 0..N-1 (so that it depends only on the generator's state: resuming repeats it)."""
         self.hp = self.opt._hparams()
         self.tstats[...] = 0.0
+        self.threads.recheck()
         if shuffle_rng is not None:
             self.perm[...] = self.order
             shuffle_rng.shuffle(self.perm)
@@ -212,6 +219,38 @@ def warn_interrupted(epoch, done, n_batches):
     else:
         warnings.warn(f"Training interrupted by user after epoch {epoch + 1}; the network keeps "
                       f"its weights and history.", UserWarning, stacklevel=3)
+
+
+def schedule_epoch_end(opt, epoch, logs, samples_seen, verbose):
+    """Tell ``opt``'s schedule the epoch's logs; when that changes the next epoch's rate
+    (ReduceLROnPlateau) and ``verbose`` >= 1, say so in one line (as Keras)."""
+    schedule = opt.schedule
+    before = float(schedule(epoch + 1, opt.lr, samples_seen)) if verbose else None
+    schedule.on_epoch_end(epoch, logs)
+    if verbose:
+        after = float(schedule(epoch + 1, opt.lr, samples_seen))
+        if after != before:
+            print(f"epoch {epoch + 1}: {type(schedule).__name__} {'reduced' if after < before else 'changed'} "
+                  f"the learning rate to {after:.4g}", flush=True)
+
+
+def warn_restart(net, opt, schedule, initial_epoch, n_rows):
+    """Warn, once after ``load``, when a network whose saved optimizer has stepped is fit from
+    epoch 0 with a schedule that gives epoch 0 another rate than the saved epoch: ``initial_epoch``
+    keeps Keras's meaning (default 0), so the schedule restarts, although the file says how far
+    training went."""
+    saved, net._loaded_epoch = getattr(net, "_loaded_epoch", None), None
+    if not saved or initial_epoch != 0 or schedule is None or opt is not net.optimizer or not opt._step[0]:
+        return
+    first, then = float(schedule(0, opt.lr, 0)), float(schedule(saved, opt.lr, saved * n_rows))
+    if first == then:
+        return
+    warnings.warn(f"this network was loaded from a file saved after epoch {saved} (optimizer step "
+                  f"{int(opt._step[0])}), but fit starts at initial_epoch=0: the schedule "
+                  f"{type(schedule).__name__} restarts, and the learning rate goes back to {first:.4g} "
+                  f"(epoch {saved + 1} would have {then:.4g}). To continue where training stopped, pass "
+                  f"initial_epoch={saved} (net.epochs_trained, with epochs > {saved}); to restart, ignore this (it is given "
+                  f"once after load).", UserWarning, stacklevel=3)
 
 
 def validation_set(net, validation_data, validation_split, X, T, labels, use_labels, sw):

@@ -34,8 +34,18 @@ class Callback:
     #: unless it sets this to False (it is then called for each batch after the fact)
     needs_every_batch = True
 
+    params = {}
+
     def set_model(self, model):
         self.model = model
+
+    def set_params(self, params):
+        """fit's settings before training starts (as Keras): ``verbose`` and ``epochs``."""
+        self.params = params
+
+    def _says(self, verbose):
+        """Whether to print when acting: the callback's own ``verbose``, or None: fit's (>= 1)."""
+        return bool(verbose) if verbose is not None else self.params.get("verbose", 0) >= 1
 
     def on_train_begin(self, logs=None):
         pass
@@ -80,11 +90,12 @@ class EarlyStopping(Callback):
 
     With ``restore_best_weights`` the network gets back the weights (and norm statistics)
     of its best epoch when it stops. ``baseline``: stop unless the value beats it within
-    ``patience`` epochs. As Keras' EarlyStopping.
+    ``patience`` epochs. As Keras' EarlyStopping. When it stops it says so in one line if
+    ``verbose`` (default None: when fit's verbose is 1 or 2).
     """
 
     def __init__(self, monitor="val_loss", min_delta=0.0, patience=0, mode="auto", restore_best_weights=False,
-                 baseline=None, verbose=0):
+                 baseline=None, verbose=None):
         self.monitor = _check_monitor(monitor)
         self.min_delta = check_float(min_delta, "min_delta")
         self.patience = check_int(patience, "patience", 0)
@@ -118,11 +129,14 @@ class EarlyStopping(Callback):
         if self.wait >= self.patience and epoch > 0:
             self.stopped_epoch = epoch
             self.model.stop_training = True
-            if self.restore_best_weights and self.best_weights is not None:
+            restored = self.restore_best_weights and self.best_weights is not None
+            if restored:
                 self.model._restore(self.best_weights)
-            if self.verbose:
-                print(f"Epoch {epoch + 1}: early stopping; best {self.monitor} {self.best:.6g} "
-                      f"at epoch {self.best_epoch + 1}", flush=True)
+            if self._says(self.verbose):
+                said = (f"restored the weights of epoch {self.best_epoch + 1}" if restored else
+                        f"best {self.monitor} {self.best:.6g} at epoch {self.best_epoch + 1}"
+                        if self.best_epoch >= 0 else f"{self.monitor} never beat the baseline {self.best:.6g}")
+                print(f"epoch {epoch + 1}: early stopping; {said}", flush=True)
 
 
 class ModelCheckpoint(Callback):

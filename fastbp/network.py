@@ -14,7 +14,7 @@ import numpy as np
 from . import _buffers, _io
 from ._progress import InterruptFlag, Progress, closing_on_error, isatty
 from ._training import (History, Runner, check_callbacks, check_monitors, raise_diverged, validation_set,
-                        warn_interrupted)
+                        schedule_epoch_end, warn_interrupted, warn_restart)
 from ._validation import (check_architecture, check_float, check_int, check_positive_int, check_sample_weight,
                           check_targets, check_weights, check_X, with_class_weights)
 from .errors import InputError
@@ -109,6 +109,8 @@ class Network:
         self._trained_opt_kind = None   # the optimizer of the last training step (see _training_kernels)
         self.history = None
         self.stop_training = False
+        self._epoch = 0            # epochs trained so far (the next fit's initial_epoch to resume; saved)
+        self._loaded_epoch = None  # that count as a file gave it, until the first fit after load
         _buffers.init_params(self._views(self.params), self._state_views(), self._act_codes, self.init,
                              np.random.default_rng(init_ss))
 
@@ -298,7 +300,9 @@ class Network:
             Learning-rate schedule (see :mod:`fastbp.schedules`); it is attached to the optimizer
             (and saved with it).
         initial_epoch : int
-            Epoch to resume at (schedules and logs continue from it).
+            Epoch to resume at (schedules and logs continue from it). After ``load``, pass
+            ``initial_epoch=net.epochs_trained`` to continue; fitting a loaded network whose
+            schedule would restart from 0 warns once.
         sample_weight : (n,) array, optional; class_weight : dict or "balanced", optional
             The loss becomes sum(w l) / sum(w) per batch.
         clip_norm : float, optional
@@ -329,6 +333,7 @@ class Network:
         if verbose == "auto":
             verbose = 1 if isatty(sys.stderr) else 0
 
+        warn_restart(self, opt, schedule, initial_epoch, X.shape[0])
         opt, _ = self._kernel_optimizer(opt)
         opt.schedule = schedule   # attached (and saved with the optimizer) once every check has passed
         N = X.shape[0]
@@ -340,6 +345,7 @@ class Network:
         self.stop_training = False
         for cb in callbacks:
             cb.set_model(self)
+            cb.set_params({"verbose": verbose, "epochs": epochs})
         interrupted = InterruptFlag()
         samples_seen = initial_epoch * N
         with interrupted, closing_on_error(callbacks), runner:
@@ -369,11 +375,12 @@ class Network:
                 if track_gradients:
                     logs.update(runner.gradient_logs())
                 hist._append(epoch, **logs)
+                self._epoch = epoch + 1
+                progress.end(epoch, logs, seconds)   # the epoch's line, then what callbacks say
                 if opt.schedule is not None:
-                    opt.schedule.on_epoch_end(epoch, logs)
+                    schedule_epoch_end(opt, epoch, logs, samples_seen, verbose)
                 for cb in callbacks:
                     cb.on_epoch_end(epoch, logs)
-                progress.end(epoch, logs, seconds)
                 if self.stop_training or interrupted.flag:
                     if interrupted.flag:
                         hist.interrupted = True
@@ -382,6 +389,11 @@ class Network:
             for cb in callbacks:
                 cb.on_train_end({})
         return hist
+
+    @property
+    def epochs_trained(self):
+        """Epochs finished by ``fit`` so far (kept in saved files): where a resumed fit continues."""
+        return getattr(self, "_epoch", 0)   # 0 for a network pickled before it was kept
 
     # ---- inference ----------------------------------------------------------------------------
     def predict_proba(self, X):

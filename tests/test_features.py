@@ -735,8 +735,9 @@ def test_silent_unless_asked_or_on_a_terminal(verbose, capsys):
     assert capsys.readouterr() == ("", "")
 
 
-def test_verbose_1_draws_a_tqdm_bar(capsys):
+def test_verbose_1_draws_a_tqdm_bar(capsys, monkeypatch):
     pytest.importorskip("tqdm")
+    monkeypatch.setenv("COLUMNS", "100")   # captured stderr has no width: without one it prints lines
     X, y = blobs(n=40)
     small_net().fit(X, y, epochs=2, batch_size=16, verbose=1)
     out, err = capsys.readouterr()

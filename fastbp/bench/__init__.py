@@ -20,8 +20,9 @@ Peers: ``fastbp``; ``torch`` (eager ``nn.Linear`` stack, default optimizer) and 
 pseudo-peer ``sgemm`` (NumPy's best float32 matmul rate on the largest layer's shapes and on
 2048^3, to put GFLOP/s in proportion). A peer that is not installed is skipped with a note.
 Every worker also measures the machine itself, a short float32 GEMM before and after its run
-(``machine_probe``); the driver names the runs whose probe fell well below the run's median,
-when the machine, not the peer, was slow.
+(``machine_probe``); the driver names the runs whose probe fell well below the run's median
+(or below the 1-thread rate it measured at start, an absolute floor), when the machine, not the
+peer, was slow, and says STARVED when most probes did.
 The exit status is 1 when a loss check fails or a worker fails, else 0.
 
 The package, one job per module: ``workloads`` (the WORKLOADS table, data, networks, initial
@@ -31,14 +32,14 @@ table, chart), ``driver`` (the interleaved rounds, ``main``).
 """
 
 from .workloads import BETAS, EPS, QUICK_SAMPLES, WORKLOADS, gflops, initial_weights, make_data, make_network, n_weights
-from .timing import PROBE_N, PROBE_N_QUICK, PROBE_SLOW, gemm_rate, machine_probe, slow_rounds, time_training
+from .timing import PROBE_N, PROBE_N_QUICK, PROBE_SLOW, gemm_rate, machine_probe, slow_rounds, starved, time_training
 from .peers import PEER_MODULES, PEERS, RUNNERS, available
 from .worker import THREAD_VARS, WORKER_TIMEOUT_S, read_data, run_worker, worker_env, write_data
 from .report import LOSS_RTOL, machine_info, print_table, summarise
 from .driver import driver, main
 
 __all__ = ["WORKLOADS", "QUICK_SAMPLES", "BETAS", "EPS", "n_weights", "gflops", "make_data", "make_network",
-           "initial_weights", "PROBE_N", "PROBE_N_QUICK", "PROBE_SLOW", "gemm_rate", "machine_probe", "slow_rounds",
+           "initial_weights", "PROBE_N", "PROBE_N_QUICK", "PROBE_SLOW", "gemm_rate", "machine_probe", "slow_rounds", "starved",
            "time_training", "PEERS", "PEER_MODULES", "RUNNERS", "available", "THREAD_VARS", "WORKER_TIMEOUT_S",
            "read_data", "write_data", "run_worker", "worker_env", "LOSS_RTOL", "machine_info", "print_table",
            "summarise", "driver", "main"]

@@ -4,13 +4,14 @@ report, the loss check and the exit status; and the argument parser (``main``)."
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
 
 from .peers import PEER_MODULES, PEERS, available
 from .report import LOSS_RTOL, fmt_rate, machine_info, plot, print_table, summarise
-from .timing import PROBE_N, PROBE_N_QUICK, PROBE_SLOW, slow_rounds
+from .timing import PROBE_N, PROBE_N_QUICK, PROBE_SLOW, fmt_gflops, machine_probe, slow_rounds, starved
 from .worker import run_worker, worker, write_data
 from .workloads import WORKLOADS
 
@@ -50,6 +51,9 @@ def driver(args):
               "spin (OpenMP, OpenBLAS) suffer most from that: check cpu/wall")
     for n in notes:
         print(f"  note: {n}")
+    # the absolute floor of the machine check: one thread's GEMM rate now, before any run
+    floor = machine_probe(1, args.quick)
+    print(f"  machine check floor: GEMM probe on 1 thread {fmt_gflops(floor)} GFLOP/s at start")
     sys.stdout.flush()
 
     all_results, summaries = [], []
@@ -68,7 +72,7 @@ def driver(args):
                             f"cpu/wall {r['cpu_per_wall']:.2f}, load {r['load_average']:.2f}"
                             if r.get("ok") and r.get("samples_per_s") else
                             f"{r['gemm_layer_gflops']:.1f} GFLOP/s" if r.get("ok") else "ERROR " + r["error"])
-                    probe = ("; probe {:.0f}/{:.0f} GFLOP/s".format(*r["probe_gflops"])
+                    probe = ("; probe {}/{} GFLOP/s".format(*map(fmt_gflops, r["probe_gflops"]))
                              if r.get("probe_gflops") else "")
                     print(f"[{name} round {rnd}/{args.rounds}] {p}: {what} ({time.perf_counter() - t0:.1f} s{probe})",
                           file=sys.stderr, flush=True)
@@ -87,13 +91,21 @@ def driver(args):
                             f"every peer's first-epoch loss within {LOSS_RTOL:g} (relative) of the reference"))
     if errors:
         print("errors in: " + ", ".join(errors))
-    ref, slow = slow_rounds(all_results)
+    ref, slow = slow_rounds(all_results, floor)
+    was_starved = starved(all_results, floor)
     if ref is not None:
         print(f"machine check: GEMM probe ({PROBE_N_QUICK if args.quick else PROBE_N}^3, {args.threads} thread(s), "
-              f"before/after each run) median {ref:.0f} GFLOP/s; " +
+              f"before/after each run) reference {fmt_gflops(ref)} GFLOP/s (the probes' median, at least the "
+              f"1-thread rate at start, {fmt_gflops(floor)}); " +
               ("every probe within {:.0%} of it".format(PROBE_SLOW) if not slow else
                "below {:.0%} of it (the machine, not the peer, was slow; compare those rounds with care): ".format(
-                   PROBE_SLOW) + ", ".join(f"{w} round {rnd} {p} ({b:.0f}/{a:.0f})" for w, rnd, p, b, a in slow)))
+                   PROBE_SLOW) + ", ".join(f"{w} round {rnd} {p} ({fmt_gflops(b)}/{fmt_gflops(a)})"
+                                           for w, rnd, p, b, a in slow)))
+        if was_starved:
+            print(f"machine check: STARVED: the median probe on {args.threads} thread(s) was "
+                  f"{fmt_gflops(statistics.median(g for r in all_results for g in r.get('probe_gflops') or ()))} "
+                  f"GFLOP/s, below {PROBE_SLOW:.0%} of one thread's {fmt_gflops(floor)} at start: other work had "
+                  f"these cores for most of the run, so its figures say little about fastbp or the peers")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"meta": {**info, "rounds": args.rounds, "epochs": args.epochs, "quick": args.quick,
@@ -101,7 +113,8 @@ def driver(args):
                                 "loss_rtol": LOSS_RTOL},
                        "results": all_results, "summary": summaries,
                        "loss_check": {"ok": not mismatches, "mismatches": mismatches}, "errors": errors,
-                       "machine_check": {"probe_median_gflops": ref, "slow_fraction": PROBE_SLOW,
+                       "machine_check": {"probe_median_gflops": ref, "floor_1thread_gflops": floor,
+                                         "starved": was_starved, "slow_fraction": PROBE_SLOW,
                                          "slow": [dict(zip(("workload", "round", "peer", "before", "after"), x))
                                                   for x in slow]}},
                       f, indent=1)

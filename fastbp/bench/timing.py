@@ -94,13 +94,27 @@ def machine_probe(threads, quick=False):
     return gemm_rate(n, n, n, min_time=0.001 if quick else 0.01, pick=statistics.median)
 
 
-def slow_rounds(results):
+def slow_rounds(results, floor=None):
     """(reference GFLOP/s, [(workload, round, peer, before, after)]): the runs whose machine
-    probe (either one) fell below PROBE_SLOW x the median of every probe of the run."""
+    probe (either one) fell below PROBE_SLOW x the reference. The reference is the median of
+    every probe of the run, but at least ``floor`` (the driver's 1-thread probe taken at start):
+    a median that is itself tiny, every probe starved, must not make them all look normal."""
     probes = [g for r in results for g in r.get("probe_gflops") or ()]
     if not probes:
         return None, []
-    ref = statistics.median(probes)
+    ref = max(statistics.median(probes), floor or 0.0)
     slow = [(r["workload"], r["round"], r["peer"], *r["probe_gflops"]) for r in results
             if r.get("probe_gflops") and min(r["probe_gflops"]) < PROBE_SLOW * ref]
     return ref, slow
+
+
+def starved(results, floor):
+    """Whether the machine was starved for most of the run: the median probe (on the run's
+    threads) below PROBE_SLOW x ``floor``, the 1-thread rate measured at start."""
+    probes = [g for r in results for g in r.get("probe_gflops") or ()]
+    return bool(probes) and floor is not None and statistics.median(probes) < PROBE_SLOW * floor
+
+
+def fmt_gflops(g):
+    """GFLOP/s to 3 significant digits (a starved probe is 0.3, not 0)."""
+    return f"{g:.3g}"

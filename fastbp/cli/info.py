@@ -56,6 +56,20 @@ def _threading_layers():
     return out
 
 
+POLICY_EXAMPLES = {"the scikit-learn drop-in on digits (64-100-10, batch 200)": ([64, 100, 10], 200),
+                   "mnist (784-256-128-10, batch 128)": ([784, 256, 128, 10], 128),
+                   "wide (1024-2048-2048-10, batch 256)": ([1024, 2048, 2048, 10], 256)}
+
+
+def _thread_policy(fb):
+    """What the default thread policy chooses (or that the user's count overrides it)."""
+    from .._blas import POLICY_MIN_MNK, busy_elsewhere, cores, policy_threads
+    setting = fb.get_thread_setting()
+    return {"user_setting": None if setting == "auto" else setting, "min_mnk": POLICY_MIN_MNK, "cores": cores(),
+            "busy_elsewhere_now": busy_elsewhere(),
+            "examples": {k: policy_threads(*v)[1] for k, v in POLICY_EXAMPLES.items()}}
+
+
 def collect_info():
     import numba
 
@@ -78,6 +92,7 @@ def collect_info():
                     "NUMBA_NUM_THREADS": numba.config.NUMBA_NUM_THREADS, "cpu_count": os.cpu_count(),
                     "cores_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                     else os.cpu_count()},
+        "thread_policy": _thread_policy(fb),
         "numba_threading_layer": {"requested": numba.config.THREADING_LAYER, "active": active,
                                   "available": [k for k, v in _threading_layers().items() if v]},
         "blas": dict(fb.BLAS_INFO),
@@ -110,6 +125,17 @@ def cmd_info(args):
     print(f"threads:   fastbp.get_num_threads() = {th['fastbp (BLAS)']} (BLAS); numba {th['numba']} of "
           f"NUMBA_NUM_THREADS {th['NUMBA_NUM_THREADS']}; {th['cores_available']} of {th['cpu_count']} cores "
           f"available to this process")
+    tp = info["thread_policy"]
+    if tp["user_setting"] is not None:
+        print(f"thread policy: off: the user set {tp['user_setting']} thread(s) (fastbp.set_num_threads, "
+              f"n_threads, or OPENBLAS_NUM_THREADS/OMP_NUM_THREADS)")
+    else:
+        busy = tp["busy_elsewhere_now"]
+        print(f"thread policy: on (no count set): each fit takes 1 BLAS thread when its largest product "
+              f"(batch x n_in x n_out) is below {tp['min_mnk']:,}, else the {tp['cores']} core(s) less those "
+              f"other processes keep busy" + ("" if busy is None else f" ({busy} now)") + "; it chooses now:")
+        for k, v in tp["examples"].items():
+            print(f"  {k}: {v}")
     tl = info["numba_threading_layer"]
     print(f"numba threading layer: requested {tl['requested']!r}, available: {', '.join(tl['available']) or 'none'}; "
           + (f"active {tl['active']!r}" if tl["active"] else
