@@ -56,7 +56,7 @@ from sklearn.utils.multiclass import _check_partial_fit_first_call, type_of_targ
 from sklearn.utils.optimize import _check_optimize_result
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
-from . import get_num_threads, set_num_threads
+from . import get_thread_setting, set_num_threads
 from ._training import OK, Runner
 from .names import ACTIVATION_ALIASES, ACTIVATIONS
 from .network import Network
@@ -101,7 +101,7 @@ def _threads(n):
     if n is None:
         yield
         return
-    before = get_num_threads()
+    before = get_thread_setting()   # a count, or "auto" (the thread policy): restored as it was
     set_num_threads(int(n))
     try:
         yield

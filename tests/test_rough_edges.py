@@ -329,6 +329,17 @@ def test_a_count_the_user_set_is_kept(policy):
     assert fb.get_thread_setting() == "auto" and fb.get_num_threads() == _blas.cores()
 
 
+def test_an_estimators_n_threads_leaves_the_policy_in_place(policy):
+    # the estimator sets its count for its own calls and then restores the setting it found:
+    # "auto" stays "auto" (restoring the count it read would have fixed every later default fit)
+    pytest.importorskip("sklearn")
+    from fastbp.sklearn import MLPClassifier
+    X = rng0.standard_normal((40, 4)).astype(np.float32)
+    y = np.arange(40) % 2
+    MLPClassifier((5,), max_iter=2, n_threads=1, random_state=0).fit(X, y)
+    assert fb.get_thread_setting() == "auto"
+
+
 def test_policy_chooses_by_the_largest_product_and_the_free_cores(monkeypatch):
     assert _blas.largest_product([64, 100, 10], 200) == 200 * 64 * 100
     assert _blas.policy_threads([64, 100, 10], 200)[0] == 1
