@@ -130,6 +130,11 @@ def remove_stale_temporaries(folder, now=None):
     return removed
 
 
+def new_file_mode():
+    """The mode a plain ``open(path, "w")`` gives a new file: 0666 less the umask."""
+    return 0o666 & ~_umask()
+
+
 def write_atomically(path, write):
     """Create or replace the file ``path`` with what ``write(binary_file)`` writes, atomically: a
     temporary file in the same folder, flushed to disk, then renamed over ``path``. The file gets
@@ -148,7 +153,7 @@ def write_atomically(path, write):
     try:
         with os.fdopen(fd, "wb") as f:
             _lock(f.fileno())   # mkstemp's file is new: nobody else holds its lock
-            mode = 0o666 & ~_umask()
+            mode = new_file_mode()
             if hasattr(os, "fchmod"):
                 os.fchmod(f.fileno(), mode)
             else:

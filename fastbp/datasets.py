@@ -27,6 +27,7 @@ import zlib
 import numpy as np
 
 from ._synthetic import make_spirals, make_teacher, make_xor
+from ._io import new_file_mode
 from .errors import DataFileError, InputError
 
 MNIST_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/"
@@ -495,6 +496,7 @@ def fetch(url, folder=None, sha256=None, filename=None):
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{filename}.", suffix=".part")
     try:
+        os.chmod(tmp, new_file_mode())   # mkstemp makes it 0600; the data gets what open() would give
         h = hashlib.sha256()
         with os.fdopen(fd, "wb") as out:
             try:

@@ -591,3 +591,14 @@ def test_mnist_example_without_data_says_how_to_get_it(tmp_path):
     assert "from fastbp.datasets import fetch_mnist; fetch_mnist(" in res.stdout
     assert "https://ossci-datasets.s3.amazonaws.com/mnist/" in res.stdout
     assert not (tmp_path / "out").exists()
+
+
+def test_fetched_files_get_the_mode_a_plain_open_would(tmp_path):
+    # mkstemp creates 0600 files; a download is data for every user a plain open() would let read it
+    src, url, digest = source(tmp_path)
+    old = os.umask(0o022)
+    try:
+        path = fetch(url, tmp_path / "cache", sha256=digest)
+    finally:
+        os.umask(old)
+    assert os.stat(path).st_mode & 0o777 == 0o644
