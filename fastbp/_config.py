@@ -18,23 +18,23 @@ this file): any change there recompiles all of them.
 import hashlib
 import os
 
-JIT = dict(nogil=True, cache=True, error_model="numpy", fastmath=False, boundscheck=False)
+JIT = dict(nogil=True, cache=True, error_model="numpy", fastmath=False, boundscheck=False, no_cfunc_wrapper=True)
+# (no C-ABI wrapper: nothing calls fastbp's functions through one; the drivers call the kernels
+# with Numba's own calling convention, kernels/table.py)
+#
 # The drivers that only compose kernels (hidden_forward, train_batch, ...) are inlined into
-# the entry points at the Numba IR level. Compiled as functions of their own, each was
+# the entry points at the Numba IR level: compiled as functions of their own, each was
 # optimised and turned into machine code on its own and then again, whole, inside every
-# caller: that repetition was 11 of the 36 s of a cold compile. The kernels the
-# dispatchers pick from (relu_forward, softmax_xent_backward, adam_update, ...) are inlined
-# the same way into their dispatcher (kernels/kset.py), which is compiled once per kernel
-# set anyway: a kernel compiled on its own was optimised three times (alone, in the
-# dispatcher, in the entry point), and a cold fit + evaluate + predict of a relu/softmax/Adam
-# network took ~12 % less without that (measured together with loss_all's single forward).
+# caller. The kernels themselves (relu_forward, softmax_xent_backward, adam_update, ...) are
+# inlined the same way into their family's one-signature wrapper (relu_f, ..., see
+# kernels/table.py), their only caller, which is compiled on its own and called by address.
 # Inlining the small helpers that the drivers call many times (view2, in_place, ...) made
 # it 20-40 % slower: Numba's inliner deep-copies the callee's IR at every call site, and
 # each copy is typed and optimised again.
 INLINE = dict(JIT, inline="always")
 
-# Options of the dispatchers written as ``numba.extending.overload`` (kernels/kset.py):
-# they compile inside their caller, which is the cached function.
+# Options of functions written as ``numba.extending.overload``: they compile inside their
+# caller, which is the cached function.
 OVERLOAD_JIT = {k: v for k, v in JIT.items() if k != "cache"}
 
 _PKG_DIR = os.path.dirname(os.path.abspath(__file__))

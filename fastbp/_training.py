@@ -114,7 +114,7 @@ class Runner:
         self.pprev = np.empty_like(net.params) if track_gradients else np.zeros(0, net.dtype)
         self.state = opt._bind(net)
         self.hp = opt._hparams()
-        self.kset = net._training_kernels(opt.kind)
+        self.kt = net._training_kernels(opt.kind)
         self.chunk = 1          # batches per call when Python wants control back every CHUNK_SECONDS
         self._ws = self._borrowed = None
         self.threads = ThreadPolicy(net.layer_sizes, batch_size)   # the BLAS threads unless the user set them
@@ -148,7 +148,7 @@ class Runner:
         net = self.net
         ws, layout, fpar, meta = self._ws
         s1, s2, s3 = self.state
-        return K.train_epoch(self.kset, net.params, net.grads, net.norm_state, ws, layout, fpar, meta, net._rng,
+        return K.train_epoch(self.kt, net.params, net.grads, net.norm_state, ws, layout, fpar, meta, net._rng,
                              self.X, self.T, self.labels, self.use_labels, self.sw,
                              self.perm if perm is None else perm, bool(shuffle), self.batch_size, b0, b1,
                              self.opt.kind, s1, s2, s3, self.hp, self.opt._step, self.Xb, self.Tb, self.Lb, self.Wb,
@@ -337,7 +337,7 @@ class SplitStep:
     def __init__(self, net, opt, batch_size):
         from .kernels.optim import optimizer_update
         self.net, self.opt, self.batch_size = net, opt, batch_size
-        self.kset = net._training_kernels(opt.kind)
+        self.kt = net._training_kernels(opt.kind)
         self.state = opt._bind(net)
         self.hp = opt._hparams()
         self._update = optimizer_update
@@ -362,9 +362,9 @@ class SplitStep:
         net = self.net
         ws, layout, fpar, meta = self._ws
         n = X.shape[0]
-        loss = K.loss_forward_all(self.kset, net.params, net.norm_state, ws, layout, fpar, meta, X, T, labels,
+        loss = K.loss_forward_all(self.kt, net.params, net.norm_state, ws, layout, fpar, meta, X, T, labels,
                                   use_labels, sw, n, True, net._rng)
-        K.backward_all(self.kset, g, net.params, ws, layout, fpar, meta, X, T, labels, use_labels, sw, n, 0.0)
+        K.backward_all(self.kt, g, net.params, ws, layout, fpar, meta, X, T, labels, use_labels, sw, n, 0.0)
         L = layout.shape[0] - 1
         k = layout[L, K.N_OUT]
         off = layout[L, K.A_OFF]
@@ -381,7 +381,7 @@ class SplitStep:
         self.opt._step[0] += 1
         self._update(self.opt.kind, net.params, g, s1, s2, s3, self.hp, self.opt._step[0], gscale)
         if n_local > 0 and net.norm_state.size:
-            K.update_running(self.kset, net.norm_state, ws, layout, fpar, n_local)
+            K.update_running(self.kt, net.norm_state, ws, layout, fpar, n_local)
 
     def finite(self, g):
         """Whether every value of ``g`` is finite."""

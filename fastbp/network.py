@@ -20,7 +20,7 @@ from ._validation import (check_architecture, check_float, check_int, check_posi
 from .errors import InputError
 from .kernels import network as K
 from .kernels.activations import ACTIVATIONS, DEFAULT_ALPHA
-from .kernels.kset import kernel_set
+from .kernels.table import kernel_table
 from .kernels.losses import SIGMOID_BCE, SOFTMAX_CE, correct_count
 from .kernels.norm import NO_NORM, NORMS
 from .names import history_keys
@@ -84,6 +84,9 @@ class Network:
         self._act_codes = [ACTIVATIONS[a] for a in self.activations]
         self._alphas = [DEFAULT_ALPHA.get(c, 0.0) for c in self._act_codes]
         self._norm_codes = [NORMS[v] for v in self.norm]
+        # kernel_table's arguments, made once (a steady-state step builds nothing to look its table up)
+        self._table_args = (self.dtype, tuple(self._act_codes), tuple(self._norm_codes),
+                            tuple(p > 0.0 for p in self.dropout))
         self._param_offs, self._n_flat = _buffers.param_layout(self.layer_sizes, self.dtype, self._norm_codes)
         self._state_offs, self._n_state = _buffers.state_layout(self.layer_sizes, self._norm_codes, self.dtype)
 
@@ -201,27 +204,21 @@ class Network:
         return X, T, labels, use_labels, sw
 
     def _kernels(self, opt_kind=None, training=False):
-        """The KernelSet the compiled drivers get (kernels/kset.py): this network's activations,
-        loss pair and norms, and when training its dropout and the optimizer ``opt_kind``. A
-        driver is compiled once per set, with only those kernels in it."""
-        return kernel_set(self._act_codes, self._loss_code, opt_kind, self._norm_codes,
-                          training and any(p > 0.0 for p in self.dropout))
+        """The kernel table the compiled drivers get (kernels/table.py): the addresses of this
+        network's activation, loss and norm kernels and, when training, of its dropout and of
+        the optimizer ``opt_kind``. Each kernel is compiled (or loaded from the cache) on first
+        use; the drivers are the same for every network of a dtype."""
+        dtype, acts, norms, drop = self._table_args
+        return kernel_table(dtype, acts, self._loss_code, opt_kind, norms, drop if training else ())
 
     def _training_kernels(self, opt_kind):
-        """The KernelSet of a training step with optimizer ``opt_kind``. Every training path
-        (fit, train_step, the scikit-learn estimators) gets its set here, which remembers the
-        optimizer for evaluation (``_eval_kernels``)."""
-        self._trained_opt_kind = opt_kind
+        """The kernel table of a training step with optimizer ``opt_kind`` (fit, train_step, the
+        scikit-learn estimators)."""
         return self._kernels(opt_kind, True)
 
     def _eval_kernels(self):
-        """The KernelSet of evaluate and predict: the training set of the optimizer this network
-        last trained with, if any. Evaluation runs no optimizer and no dropout, so any set with
-        the network's activations, loss and norms serves; the training set's dispatchers are
-        already compiled when a fit validates or is followed by evaluate/predict (a cold fit +
-        evaluate + predict took ~6 % less than with a set of its own)."""
-        kind = self._trained_opt_kind
-        return self._kernels(kind, True) if kind is not None else self._kernels()
+        """The kernel table of evaluate and predict: no optimizer, no dropout."""
+        return self._kernels()
 
     def _kernel_optimizer(self, optimizer):
         opt = get_optimizer(optimizer if optimizer is not None else (self.optimizer or "adam"))
@@ -248,15 +245,15 @@ class Network:
 
     def _loss_grad(self, X, T, labels, use_labels, sw):
         n = X.shape[0]
-        kset = self._kernels(training=True)
+        kt = self._kernels(training=True)
         with self._borrow(n) as (ws, layout, fpar, meta):
-            loss = K.loss_forward_all(kset, self.params, self.norm_state, ws, layout, fpar, meta, X, T, labels,
+            loss = K.loss_forward_all(kt, self.params, self.norm_state, ws, layout, fpar, meta, X, T, labels,
                                       use_labels, sw, n, True, self._rng)
             if self._l2 > 0:
                 loss += K.l2_penalty(self.params, layout, self._l2, sw, n)
-            K.backward_all(kset, self.grads, self.params, ws, layout, fpar, meta, X, T, labels, use_labels, sw, n, self._l2)
+            K.backward_all(kt, self.grads, self.params, ws, layout, fpar, meta, X, T, labels, use_labels, sw, n, self._l2)
             if self.norm_state.size and np.isfinite(loss) and K.all_finite(self.grads):
-                K.update_running(kset, self.norm_state, ws, layout, fpar, n)
+                K.update_running(kt, self.norm_state, ws, layout, fpar, n)
         return float(loss)
 
     def loss_and_gradients(self, X, y, sample_weight=None):

@@ -1,26 +1,25 @@
-"""Compile fastbp's drivers ahead of time, in parallel processes, into Numba's cache.
+"""Compile fastbp's drivers and kernels ahead of time, in parallel processes, into Numba's cache.
 
 ``python -m fastbp.warmup [--preset NAME] [--activations ...] [--optimizers ...] [--losses ...]
-[--dtypes ...] [--jobs N] [--list]``
+[--norms ...] [--dropout no yes] [--dtypes ...] [--jobs N] [--list]``
 
-fastbp compiles a network's drivers the first time it is used (for its activations, loss
-pair, norms, dropout and optimizer, once per machine: Numba caches the machine code, in
-``NUMBA_CACHE_DIR`` when set, else next to the sources). Numba compiles one function at a
-time per process, so this runs one process per configuration (``--jobs``, default: the
-number of cores): each builds a small network of that configuration through the public API
-and fits, evaluates, predicts and takes a ``train_step`` and ``loss_and_gradients`` on it,
-which compiles and caches exactly what a user's network of that configuration will load.
-Two processes needing the same driver share one compile (``_config.compile_locked``).
+fastbp compiles on first use, once per machine (Numba caches the machine code, in
+``NUMBA_CACHE_DIR`` when set, else next to the sources): the drivers that walk a network
+(kernels/network.py), once per dtype for every network, and each kernel a network uses
+(an activation, a loss pair, a norm, dropout, an optimizer: kernels/table.py), once per dtype.
+Numba compiles one function at a time per process, so this runs the work in ``--jobs``
+processes (default: the number of cores): per dtype, three groups of drivers (fit, evaluate
+and predict, train_step and loss_and_gradients, each compiled by running a small network
+through the public API) and the chosen kernels in groups. Two processes needing the same
+function share one compile (``_config.compile_locked``).
 
-Presets: ``default`` the configuration of ``fb.Network(sizes)`` with Adam, float32;
-``common`` activations relu/tanh/sigmoid × softmax cross-entropy and identity/MSE × Adam/SGD,
-float32 (16 configurations: what scikit-learn-style sweeps use); ``suite`` the all-kernel
-drivers the test suite runs with (kernels/kset.py, SPECIALISE off), float32 and float64.
-Options given explicitly replace the preset's values.
+Presets: ``default`` what ``fb.Network(sizes)`` with Adam uses, float32; ``common``
+relu/tanh/sigmoid, softmax cross-entropy and identity/MSE, Adam and SGD, float32; ``all``
+every kernel, float32; ``suite`` every kernel, float32 and float64 (what the test suite
+uses). Options given explicitly replace the preset's values.
 """
 
 import argparse
-import itertools
 import os
 import sys
 import time
@@ -28,61 +27,77 @@ from concurrent.futures import ProcessPoolExecutor
 
 PAIRS = {"cross_entropy": "softmax", "mse": "identity", "binary_cross_entropy": "sigmoid",
          "huber": "identity", "poisson": "exp"}
-_ONE = dict(norms=["none"], dropout=["no"])
+_EVERY = dict(activations=["identity", "relu", "leaky_relu", "elu", "sigmoid", "tanh", "softplus", "gelu"],
+              losses=sorted(PAIRS), optimizers=["sgd", "adam", "rmsprop"], norms=["none", "batch", "layer"],
+              dropout=["no", "yes"])
 PRESETS = {
-    "default": dict(activations=["relu"], losses=["cross_entropy"], optimizers=["adam"], dtypes=["float32"], **_ONE),
+    "default": dict(activations=["relu"], losses=["cross_entropy"], optimizers=["adam"], norms=["none"],
+                    dropout=["no"], dtypes=["float32"]),
     "common": dict(activations=["relu", "tanh", "sigmoid"], losses=["cross_entropy", "mse"],
-                   optimizers=["adam", "sgd"], dtypes=["float32"], **_ONE),
-    "suite": dict(activations=["relu"], losses=["cross_entropy"], optimizers=["adam"],
-                  dtypes=["float32", "float64"], **_ONE),
+                   optimizers=["adam", "sgd"], norms=["none"], dropout=["no"], dtypes=["float32"]),
+    "all": dict(_EVERY, dtypes=["float32"]),
+    "suite": dict(_EVERY, dtypes=["float32", "float64"]),
 }
-# the suite preset's jobs: one per driver group and dtype (with every kernel in, the drivers do
-# not depend on the configuration, so the groups compile in parallel)
-SUITE_PARTS = ("fit", "eval", "step")
+DRIVER_PARTS = ("fit", "eval", "step")
 
 
-def _task(cfg):
-    """In a worker: compile one configuration's drivers (or, with ``part``, one group of the
-    all-kernel drivers); returns (cfg, seconds)."""
-    t0 = time.perf_counter()
+def _drivers(part, dtype):
+    """Run a small relu/softmax/Adam network through the public calls of driver group ``part``."""
     import numpy as np
 
     import fastbp as fb
-    if cfg.get("part"):
-        from .kernels import kset
-        kset.SPECIALISE = False
-    dtype = np.dtype(cfg["dtype"])
     rng = np.random.default_rng(0)
-    k = 3
     X = rng.standard_normal((40, 4)).astype(dtype)
-    labels = rng.integers(0, k, 40)
-    loss = cfg["loss"]
-    y = labels if loss == "cross_entropy" else (labels[:, None] == np.arange(k)).astype(dtype)
-    output = cfg.get("output") or PAIRS[loss]
-    net = fb.Network([4, 5, 5, k], activation=cfg["activation"], output=output, loss=loss, dtype=dtype, seed=0,
-                     dropout=cfg.get("dropout", 0.0), norm=cfg.get("norm"))
-    part = cfg.get("part")
-    if part in (None, "fit"):   # (the "fit" group leaves the validation's loss_all to "eval")
-        net.fit(X, y, epochs=1, batch_size=16, optimizer=cfg["optimizer"],
-                validation_data=None if part else (X[:8], y[:8]))
-    if part in (None, "eval"):
+    y = rng.integers(0, 3, 40)
+    net = fb.Network([4, 5, 5, 3], dtype=dtype, seed=0)
+    if part == "fit":
+        net.fit(X, y, epochs=1, batch_size=16, optimizer="adam")
+    elif part == "eval":
         net.evaluate(X, y)
         net.predict(X)
-    if part in (None, "step"):
-        net.train_step(X[:16], y[:16], optimizer=cfg["optimizer"])
+    else:
+        net.train_step(X[:16], y[:16], optimizer="adam")
         net.loss_and_gradients(X[:16], y[:16])
-    return cfg, time.perf_counter() - t0
 
 
-def configurations(activations, losses, optimizers, dtypes, norms=("none",), dropout=("no",), suite=False):
-    """The worker tasks for these choices (every combination; ``dropout`` lists "no"/"yes"), or
-    the suite's all-kernel groups."""
-    if suite:
-        return [dict(activation="relu", loss="cross_entropy", optimizer="adam", dtype=d, part=p)
-                for d in dtypes for p in SUITE_PARTS]
-    return [dict(activation=a, loss=l, optimizer=o, dtype=d, norm=None if nm == "none" else nm,
-                 dropout=0.1 if dr == "yes" else 0.0)
-            for a, l, o, d, nm, dr in itertools.product(activations, losses, optimizers, dtypes, norms, dropout)]
+def _task(task):
+    """In a worker: compile one task's drivers or kernels; returns (task, seconds)."""
+    t0 = time.perf_counter()
+    if task["kind"] == "drivers":
+        _drivers(task["part"], task["dtype"])
+    else:
+        from .kernels.table import address
+        for family, code in task["kernels"]:
+            address(family, code, task["dtype"])
+    return task, time.perf_counter() - t0
+
+
+def kernels_for(activations=(), losses=(), optimizers=(), norms=(), dropout=()):
+    """The (family, code) kernels these choices need, by group: activations, losses, the rest."""
+    from .kernels.activations import ACTIVATIONS, ALIASES
+    from .kernels.losses import PAIRS as LOSS_PAIRS
+    from .kernels.norm import NORMS
+    from .kernels.table import KERNELS
+    from .optim import get_optimizer
+    acts = sorted({ACTIVATIONS[ALIASES.get(a, a)] for a in activations})
+    pairs = sorted({LOSS_PAIRS[PAIRS[loss], loss] for loss in losses})
+    rest = [(f, NORMS[nm]) for nm in dict.fromkeys(norms) if NORMS[nm] for f in ("norm_f", "norm_b", "norm_u")]
+    rest += [("drop_f", 0), ("drop_b", 0)] if "yes" in dropout else []
+    rest += [("opt_u", k) for k in sorted({get_optimizer(o).kind for o in optimizers})]
+    groups = ([(f, c) for c in acts for f in ("act_f", "act_b")], [(f, c) for c in pairs for f in ("loss_f", "loss_b")],
+              rest)
+    return [[k for k in g if k in KERNELS] for g in groups]
+
+
+def configurations(activations, losses, optimizers, dtypes, norms=("none",), dropout=("no",)):
+    """The worker tasks for these choices: per dtype, the three driver groups and the kernels in
+    up to three groups."""
+    tasks = []
+    for d in dtypes:
+        tasks += [dict(kind="drivers", part=p, dtype=d) for p in DRIVER_PARTS]
+        tasks += [dict(kind="kernels", kernels=g, dtype=d)
+                  for g in kernels_for(activations, losses, optimizers, norms, dropout) if g]
+    return tasks
 
 
 def warmup(tasks, jobs=None, verbose=True):
@@ -91,21 +106,21 @@ def warmup(tasks, jobs=None, verbose=True):
     out = []
     t0 = time.perf_counter()
     with ProcessPoolExecutor(max_workers=jobs) as pool:
-        for cfg, seconds in pool.map(_task, tasks):
+        for task, seconds in pool.map(_task, tasks):
             out.append(seconds)
             if verbose:
-                print(f"  {seconds:6.1f} s  {_describe(cfg)}", flush=True)
+                print(f"  {seconds:6.1f} s  {_describe(task)}", flush=True)
     if verbose:
-        print(f"warmup: {len(tasks)} configurations in {time.perf_counter() - t0:.1f} s with {jobs} processes",
-              flush=True)
+        print(f"warmup: {len(tasks)} tasks in {time.perf_counter() - t0:.1f} s with {jobs} processes", flush=True)
     return out
 
 
-def _describe(cfg):
-    if cfg.get("part"):
-        return f"all kernels, {cfg['dtype']}, {cfg['part']}"
-    extra = (f" / norm={cfg['norm']}" if cfg.get("norm") else "") + (" / dropout" if cfg.get("dropout") else "")
-    return f"{cfg['activation']} / {cfg['loss']} / {cfg['optimizer']} / {cfg['dtype']}{extra}"
+def _describe(task):
+    if task["kind"] == "drivers":
+        return f"drivers: {task['part']}, {task['dtype']}"
+    from .kernels.table import KERNELS
+    names = ", ".join(KERNELS[k].py_func.__name__ for k in task["kernels"])
+    return f"kernels: {names}, {task['dtype']}"
 
 
 def main(argv=None):
@@ -130,7 +145,7 @@ def main(argv=None):
     for key in p:
         if getattr(args, key) is not None:
             p[key] = getattr(args, key)
-    tasks = configurations(suite=args.preset == "suite", **p)
+    tasks = configurations(**p)
     if args.list:
         for cfg in tasks:
             print(_describe(cfg))

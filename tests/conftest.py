@@ -2,16 +2,6 @@ import numpy as np
 import pytest
 
 import fastbp as fb
-from fastbp.kernels import kset
-
-
-@pytest.fixture(autouse=True)
-def _all_kernels(monkeypatch):
-    """Compile every driver with all kernels (kernels/kset.py): the suite builds hundreds of
-    activation/loss/optimizer/norm combinations, and one driver per dtype serves them all
-    instead of one compile each. tests/test_kset.py checks that specialised drivers give
-    bit-identical results and compile only their own kernels."""
-    monkeypatch.setattr(kset, "SPECIALISE", False)
 
 
 @pytest.fixture

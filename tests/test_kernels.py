@@ -123,9 +123,7 @@ def test_transpose_matches_numpy(dtype, shape, rng):
 _FALLBACK_SCRIPT = """
 import numpy as np
 import fastbp as fb
-import fastbp.kernels.kset as kset
 from fastbp._blas import BLAS_INFO, gemm, transpose
-kset.SPECIALISE = False   # as in the suite (conftest): the all-kernel drivers its other tests cache
 assert BLAS_INFO["provider"] == "numba-fallback" and BLAS_INFO["omatcopy"] == "numba-fallback", BLAS_INFO
 rng = np.random.default_rng(0)
 for dt in (np.float32, np.float64):

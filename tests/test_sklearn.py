@@ -57,8 +57,7 @@ def test_sklearn_own_mlp_tests_pass_on_fastbp():
     root = os.path.dirname(os.path.dirname(sklearn.__file__))   # so that scikit-learn's conftest.py loads
     code = f"""
 import sys, pytest
-import sklearn.neural_network as nn, fastbp.sklearn as fb, fastbp.kernels.kset as ks
-ks.SPECIALISE = False   # one driver with every kernel, as in the rest of the suite (conftest.py)
+import sklearn.neural_network as nn, fastbp.sklearn as fb
 nn.MLPClassifier, nn.MLPRegressor = fb.MLPClassifier, fb.MLPRegressor
 rc = pytest.main([{path!r}, "-q", "-p", "no:cacheprovider", "-W", "ignore::DeprecationWarning",
                   "--rootdir", {root!r}, "--confcutdir", {root!r}, "-c", {os.devnull!r}])

@@ -35,8 +35,10 @@ net.fit(X, y, epochs=2, batch_size=16, optimizer=cfg["optimizer"], validation_da
 net.evaluate(X, y)
 net.train_step(X[:16], y[:16], optimizer=cfg["optimizer"])
 net.loss_and_gradients(X[:16], y[:16])
+from fastbp.kernels import table
 out = {name: [sum(getattr(K, name)._cache_hits.values()), sum(getattr(K, name)._cache_misses.values())]
        for name in sys.argv[2].split(",")}
+out["kernels compiled"] = sorted(d.py_func.__name__ for d in set(table.KERNELS.values()) if d._cache_misses)
 out["weights"] = [w.tolist() for wb in net.get_weights() for w in wb]
 print(json.dumps(out))
 """
@@ -83,21 +85,36 @@ def test_warmup_compiles_what_a_network_then_loads(tmp_path):
     r = _result(_start(tmp_path, cfg))
     for name in DRIVERS:
         assert r[name] == [1, 0], (name, r[name])   # loaded, never compiled
+    assert r["kernels compiled"] == []
 
 
 def test_configurations_and_options(capsys):
-    tasks = warmup.configurations(["relu", "tanh"], ["cross_entropy", "mse"], ["adam"], ["float32", "float64"])
-    assert len(tasks) == 8
-    assert {(t["activation"], t["loss"], t["dtype"]) for t in tasks} == {
-        (a, l, d) for a in ("relu", "tanh") for l in ("cross_entropy", "mse") for d in ("float32", "float64")}
-    suite = warmup.configurations(["relu"], ["cross_entropy"], ["adam"], ["float32", "float64"], suite=True)
-    assert sorted((t["dtype"], t["part"]) for t in suite) == sorted(
-        (d, p) for d in ("float32", "float64") for p in warmup.SUITE_PARTS)
+    tasks = warmup.configurations(["relu", "tanh"], ["cross_entropy", "mse"], ["adam", "adamw"], ["float32", "float64"],
+                                  norms=["none", "layer"], dropout=["no"])
+    drivers = [t for t in tasks if t["kind"] == "drivers"]
+    assert sorted((t["dtype"], t["part"]) for t in drivers) == sorted(
+        (d, p) for d in ("float32", "float64") for p in warmup.DRIVER_PARTS)
+    kernels = {(t["dtype"], k) for t in tasks if t["kind"] == "kernels" for k in t["kernels"]}
+    from fastbp.kernels.activations import RELU, TANH
+    from fastbp.kernels.losses import IDENTITY_MSE, SOFTMAX_CE
+    from fastbp.kernels.norm import LAYER_NORM
+    from fastbp.kernels.optim import ADAM
+    want = ([(f, c) for c in (RELU, TANH) for f in ("act_f", "act_b")]
+            + [(f, c) for c in (SOFTMAX_CE, IDENTITY_MSE) for f in ("loss_f", "loss_b")]
+            + [("norm_f", LAYER_NORM), ("norm_b", LAYER_NORM), ("opt_u", ADAM)])   # adamw is Adam's kernel
+    assert kernels == {(d, k) for d in ("float32", "float64") for k in want}
+    every = warmup.configurations(**warmup.PRESETS["all"])
+    from fastbp.kernels.table import KERNELS
+    assert {k for t in every if t["kind"] == "kernels" for k in t["kernels"]} == set(KERNELS)
     assert warmup.main(["--preset", "common", "--list"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 3 * 2 * 2 and "tanh / mse / sgd / float32" in lines
+    assert "drivers: fit, float32" in lines and "kernels: tanh_f, tanh_b, sigmoid_f, sigmoid_b" not in lines
+    assert any(line.startswith("kernels: relu_f, relu_b, sigmoid_f, sigmoid_b, tanh_f, tanh_b") for line in lines)
     assert warmup.main(["--activations", "gelu", "--optimizers", "sgd", "--list"]) == 0
-    assert capsys.readouterr().out.strip().splitlines() == ["gelu / cross_entropy / sgd / float32"]
+    assert capsys.readouterr().out.strip().splitlines() == [
+        "drivers: fit, float32", "drivers: eval, float32", "drivers: step, float32",
+        "kernels: gelu_f, gelu_b, float32", "kernels: softmax_xent_f, softmax_xent_b, float32",
+        "kernels: sgd_u, float32"]
     for bad in (["--jobs", "0"], ["--activations", "nope"], ["--preset", "nope"]):
         with pytest.raises(SystemExit):
             warmup.main(bad + ["--list"])
@@ -107,4 +124,4 @@ def test_fastbp_warmup_is_the_cli_subcommand(capsys):
     from fastbp import cli
     assert cli.main(["warmup", "--list", "--preset", "common"]) == 0
     listed = capsys.readouterr().out
-    assert "relu / cross_entropy / adam / float32" in listed and "tanh" in listed and "sgd" in listed
+    assert "drivers: fit, float32" in listed and "tanh_f" in listed and "sgd_u" in listed

@@ -15,7 +15,7 @@ started (so Python, NumPy, Numba and fastbp's imports are in it):
 - ``one change``: a network differing in one choice (activation, optimizer, dropout, norm,
   loss) run on a copy of the warm default cache: the time over the warm default run is the
   compile that choice costs.
-- ``after warmup``: ``python -m fastbp.warmup --preset common`` (``--warmup-args``) fills an
+- ``after warmup``: ``python -m fastbp.warmup --preset all`` (``--warmup-args``) fills an
   empty cache, then each configuration above (and one that changes everything) runs on it; a
   row the warmup did not cover shows its compile.
 
@@ -140,9 +140,9 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=1, help="rounds of every row (median reported)")
     ap.add_argument("--skip-warmup", action="store_true", help="leave out the rows after fastbp.warmup")
     ap.add_argument("--json", help="also write the samples to this file")
-    ap.add_argument("--warmup-args", default="--preset common",
-                    help="arguments of the warmup run (default: %(default)s, which covers the rows "
-                         "activation=tanh, optimizer=sgd and loss=mse but not dropout, norm or elu)")
+    ap.add_argument("--warmup-args", default="--preset all",
+                    help="arguments of the warmup run (default: %(default)s, every kernel for float32, which "
+                         "covers every row)")
     args = ap.parse_args(argv)
     with_warmup = not args.skip_warmup
     if with_warmup:

@@ -17,11 +17,9 @@ Python float would turn float32 arithmetic into float64 (relu's backward ran
 
 import numpy as np
 from numba import njit
-from numba.extending import overload
 
-from .._config import INLINE, JIT, OVERLOAD_JIT
+from .._config import INLINE, JIT
 from ._util import in_place
-from .kset import ACT_BIT, ALL, has
 from .mathfn import exp, gelu, gelu_grad, like, tanh
 
 IDENTITY, RELU, LEAKY_RELU, ELU, SIGMOID, TANH, SOFTPLUS, GELU = range(8)
@@ -233,74 +231,100 @@ def gelu_backward(dZ, db, dA, Z):
             db[j] += g
 
 
-# ---- dispatch: the activations of a KernelSet (kset.py), or all of them ---------------------
-def activation_forward_in(kset, code, A, Z, b, alpha):
-    """A = f(Z + b) for activation ``code``, compiling only the activations in ``kset``."""
-    raise TypeError("activation_forward_in runs inside compiled code; call activation_forward")
-
-
-def activation_backward_in(kset, code, dZ, db, dA, A, Z, alpha):
-    """dZ = dA f'(.), db = column sums, compiling only the activations in ``kset``."""
-    raise TypeError("activation_backward_in runs inside compiled code; call activation_backward")
-
-
-def _acts_in(kset):
-    return (has(kset, ACT_BIT, c) for c in (RELU, TANH, SIGMOID, LEAKY_RELU, ELU, SOFTPLUS, GELU, IDENTITY))
-
-
-@overload(activation_forward_in, jit_options=OVERLOAD_JIT)
-def _activation_forward_in(kset, code, A, Z, b, alpha):
-    relu, tanh_, sigmoid, leaky, elu, softplus, gelu_, ident = _acts_in(kset)
-
-    def impl(kset, code, A, Z, b, alpha):
-        if relu and code == RELU:
-            relu_forward(A, Z, b)
-        elif tanh_ and code == TANH:
-            tanh_forward(A, Z, b)
-        elif sigmoid and code == SIGMOID:
-            sigmoid_forward(A, Z, b)
-        elif leaky and code == LEAKY_RELU:
-            leaky_relu_forward(A, Z, b, alpha)
-        elif elu and code == ELU:
-            elu_forward(A, Z, b, alpha)
-        elif softplus and code == SOFTPLUS:
-            softplus_forward(A, Z, b)
-        elif gelu_ and code == GELU:
-            gelu_forward(A, Z, b)
-        elif ident:
-            identity_forward(A, Z, b)
-    return impl
-
-
-@overload(activation_backward_in, jit_options=OVERLOAD_JIT)
-def _activation_backward_in(kset, code, dZ, db, dA, A, Z, alpha):
-    relu, tanh_, sigmoid, leaky, elu, softplus, gelu_, ident = _acts_in(kset)
-
-    def impl(kset, code, dZ, db, dA, A, Z, alpha):
-        if relu and code == RELU:
-            relu_backward(dZ, db, dA, A)
-        elif tanh_ and code == TANH:
-            tanh_backward(dZ, db, dA, A)
-        elif sigmoid and code == SIGMOID:
-            sigmoid_backward(dZ, db, dA, A)
-        elif leaky and code == LEAKY_RELU:
-            leaky_relu_backward(dZ, db, dA, A, alpha)
-        elif elu and code == ELU:
-            elu_backward(dZ, db, dA, A, alpha)
-        elif softplus and code == SOFTPLUS:
-            softplus_backward(dZ, db, dA, A)
-        elif gelu_ and code == GELU:
-            gelu_backward(dZ, db, dA, Z)
-        elif ident:
-            identity_backward(dZ, db, dA)
-    return impl
+# ---- the family's kernels, one signature each (table.py calls them by address) ---------------
+# forward (A, Z, b, alpha), backward (dZ, db, dA, A, Z, alpha): each reads what it needs. Each is
+# compiled on its own, once per dtype, so a network compiles only the activations it uses.
+@njit(**JIT)
+def identity_f(A, Z, b, alpha):
+    identity_forward(A, Z, b)
 
 
 @njit(**JIT)
+def identity_b(dZ, db, dA, A, Z, alpha):
+    identity_backward(dZ, db, dA)
+
+
+@njit(**JIT)
+def relu_f(A, Z, b, alpha):
+    relu_forward(A, Z, b)
+
+
+@njit(**JIT)
+def relu_b(dZ, db, dA, A, Z, alpha):
+    relu_backward(dZ, db, dA, A)
+
+
+@njit(**JIT)
+def leaky_relu_f(A, Z, b, alpha):
+    leaky_relu_forward(A, Z, b, alpha)
+
+
+@njit(**JIT)
+def leaky_relu_b(dZ, db, dA, A, Z, alpha):
+    leaky_relu_backward(dZ, db, dA, A, alpha)
+
+
+@njit(**JIT)
+def elu_f(A, Z, b, alpha):
+    elu_forward(A, Z, b, alpha)
+
+
+@njit(**JIT)
+def elu_b(dZ, db, dA, A, Z, alpha):
+    elu_backward(dZ, db, dA, A, alpha)
+
+
+@njit(**JIT)
+def sigmoid_f(A, Z, b, alpha):
+    sigmoid_forward(A, Z, b)
+
+
+@njit(**JIT)
+def sigmoid_b(dZ, db, dA, A, Z, alpha):
+    sigmoid_backward(dZ, db, dA, A)
+
+
+@njit(**JIT)
+def tanh_f(A, Z, b, alpha):
+    tanh_forward(A, Z, b)
+
+
+@njit(**JIT)
+def tanh_b(dZ, db, dA, A, Z, alpha):
+    tanh_backward(dZ, db, dA, A)
+
+
+@njit(**JIT)
+def softplus_f(A, Z, b, alpha):
+    softplus_forward(A, Z, b)
+
+
+@njit(**JIT)
+def softplus_b(dZ, db, dA, A, Z, alpha):
+    softplus_backward(dZ, db, dA, A)
+
+
+@njit(**JIT)
+def gelu_f(A, Z, b, alpha):
+    gelu_forward(A, Z, b)
+
+
+@njit(**JIT)
+def gelu_b(dZ, db, dA, A, Z, alpha):
+    gelu_backward(dZ, db, dA, Z)
+
+
+# code -> (forward, backward)
+KERNELS = {IDENTITY: (identity_f, identity_b), RELU: (relu_f, relu_b), LEAKY_RELU: (leaky_relu_f, leaky_relu_b),
+           ELU: (elu_f, elu_b), SIGMOID: (sigmoid_f, sigmoid_b), TANH: (tanh_f, tanh_b),
+           SOFTPLUS: (softplus_f, softplus_b), GELU: (gelu_f, gelu_b)}
+
+
 def activation_forward(code, A, Z, b, alpha):
-    activation_forward_in(ALL, code, A, Z, b, alpha)
+    """A = f(Z + b) for activation ``code`` (from Python: the drivers call the kernel by address)."""
+    KERNELS[code][0](A, Z, b, alpha)
 
 
-@njit(**JIT)
 def activation_backward(code, dZ, db, dA, A, Z, alpha):
-    activation_backward_in(ALL, code, dZ, db, dA, A, Z, alpha)
+    """dZ = dA f'(.), db = column sums, for activation ``code``."""
+    KERNELS[code][1](dZ, db, dA, A, Z, alpha)

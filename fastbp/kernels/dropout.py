@@ -7,11 +7,9 @@ call advances ``rng[0]`` by the number of elements. Same seed, same masks.
 
 import numpy as np
 from numba import njit
-from numba.extending import overload
 
-from .._config import INLINE, JIT, OVERLOAD_JIT
+from .._config import INLINE, JIT
 from ._util import in_place
-from .kset import DROPOUT_BIT, has
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -54,30 +52,15 @@ def dropout_backward(dA, dD, M):
             dA[i, j] *= M[i, j]
 
 
-# ---- in a driver: compiled only when the KernelSet (kset.py) has dropout ----------------------
-def dropout_forward_in(kset, D, M, A, p, rng):
-    raise TypeError("dropout_forward_in runs inside compiled code; call dropout_forward")
+# ---- the kernels the drivers call by address (table.py), compiled once per dtype ---------------
+@njit(**JIT)
+def dropout_f(D, M, A, p, rng):
+    dropout_forward(D, M, A, p, rng)
 
 
-def dropout_backward_in(kset, dA, dD, M):
-    raise TypeError("dropout_backward_in runs inside compiled code; call dropout_backward")
+@njit(**JIT)
+def dropout_b(dA, dD, M):
+    dropout_backward(dA, dD, M)
 
 
-@overload(dropout_forward_in, jit_options=OVERLOAD_JIT)
-def _dropout_forward_in(kset, D, M, A, p, rng):
-    on = has(kset, DROPOUT_BIT, 0)
-
-    def impl(kset, D, M, A, p, rng):
-        if on:
-            dropout_forward(D, M, A, p, rng)
-    return impl
-
-
-@overload(dropout_backward_in, jit_options=OVERLOAD_JIT)
-def _dropout_backward_in(kset, dA, dD, M):
-    on = has(kset, DROPOUT_BIT, 0)
-
-    def impl(kset, dA, dD, M):
-        if on:
-            dropout_backward(dA, dD, M)
-    return impl
+KERNELS = (dropout_f, dropout_b)

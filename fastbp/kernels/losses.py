@@ -28,7 +28,6 @@ from numba import njit
 from numba.extending import overload
 
 from .._config import INLINE, JIT, OVERLOAD_JIT
-from .kset import ALL, LOSS_BIT, has
 from .mathfn import exp
 
 SOFTMAX_CE, SIGMOID_BCE, IDENTITY_MSE, IDENTITY_HUBER, EXP_POISSON = range(5)
@@ -290,66 +289,72 @@ def poisson_backward(dZ, db, P, T, sw):
             db[j] += g
 
 
-# ---- dispatch: the loss pairs of a KernelSet (kset.py), or all of them ---------------------
-def loss_forward_in(kset, code, P, Z, b, T, labels, use_labels, sw):
-    """The loss pair ``code``'s forward pass, compiling only the pairs in ``kset``."""
-    raise TypeError("loss_forward_in runs inside compiled code; call loss_forward")
-
-
-def loss_backward_in(kset, code, dZ, db, P, T, labels, use_labels, sw):
-    """The loss pair ``code``'s backward pass, compiling only the pairs in ``kset``."""
-    raise TypeError("loss_backward_in runs inside compiled code; call loss_backward")
-
-
-def _pairs_in(kset):
-    return (has(kset, LOSS_BIT, c) for c in (SOFTMAX_CE, SIGMOID_BCE, IDENTITY_HUBER, EXP_POISSON, IDENTITY_MSE))
-
-
-@overload(loss_forward_in, jit_options=OVERLOAD_JIT)
-def _loss_forward_in(kset, code, P, Z, b, T, labels, use_labels, sw):
-    softmax, bce, huber, poisson, mse = _pairs_in(kset)
-
-    def impl(kset, code, P, Z, b, T, labels, use_labels, sw):
-        if softmax and code == SOFTMAX_CE:
-            return softmax_xent_forward(P, Z, b, T, labels, use_labels, sw)
-        if bce and code == SIGMOID_BCE:
-            return sigmoid_bce_forward(P, Z, b, T, sw)
-        if huber and code == IDENTITY_HUBER:
-            return huber_forward(P, Z, b, T, sw)
-        if poisson and code == EXP_POISSON:
-            return poisson_forward(P, Z, b, T, sw)
-        if mse:
-            return mse_forward(P, Z, b, T, sw)
-        return np.nan
-    return impl
-
-
-@overload(loss_backward_in, jit_options=OVERLOAD_JIT)
-def _loss_backward_in(kset, code, dZ, db, P, T, labels, use_labels, sw):
-    softmax, bce, huber, poisson, mse = _pairs_in(kset)
-
-    def impl(kset, code, dZ, db, P, T, labels, use_labels, sw):
-        if softmax and code == SOFTMAX_CE:
-            softmax_xent_backward(dZ, db, P, T, labels, use_labels, sw)
-        elif bce and code == SIGMOID_BCE:
-            sigmoid_bce_backward(dZ, db, P, T, sw)
-        elif huber and code == IDENTITY_HUBER:
-            huber_backward(dZ, db, P, T, sw)
-        elif poisson and code == EXP_POISSON:
-            poisson_backward(dZ, db, P, T, sw)
-        elif mse:
-            mse_backward(dZ, db, P, T, sw)
-    return impl
+# ---- the family's kernels, one signature each (table.py calls them by address) ---------------
+# forward (P, Z, b, T, labels, use_labels, sw) -> mean loss, backward (dZ, db, P, T, labels,
+# use_labels, sw); each reads what it needs, and each is compiled on its own, once per dtype.
+@njit(**JIT)
+def softmax_xent_f(P, Z, b, T, labels, use_labels, sw):
+    return softmax_xent_forward(P, Z, b, T, labels, use_labels, sw)
 
 
 @njit(**JIT)
+def softmax_xent_b(dZ, db, P, T, labels, use_labels, sw):
+    softmax_xent_backward(dZ, db, P, T, labels, use_labels, sw)
+
+
+@njit(**JIT)
+def sigmoid_bce_f(P, Z, b, T, labels, use_labels, sw):
+    return sigmoid_bce_forward(P, Z, b, T, sw)
+
+
+@njit(**JIT)
+def sigmoid_bce_b(dZ, db, P, T, labels, use_labels, sw):
+    sigmoid_bce_backward(dZ, db, P, T, sw)
+
+
+@njit(**JIT)
+def mse_f(P, Z, b, T, labels, use_labels, sw):
+    return mse_forward(P, Z, b, T, sw)
+
+
+@njit(**JIT)
+def mse_b(dZ, db, P, T, labels, use_labels, sw):
+    mse_backward(dZ, db, P, T, sw)
+
+
+@njit(**JIT)
+def huber_f(P, Z, b, T, labels, use_labels, sw):
+    return huber_forward(P, Z, b, T, sw)
+
+
+@njit(**JIT)
+def huber_b(dZ, db, P, T, labels, use_labels, sw):
+    huber_backward(dZ, db, P, T, sw)
+
+
+@njit(**JIT)
+def poisson_f(P, Z, b, T, labels, use_labels, sw):
+    return poisson_forward(P, Z, b, T, sw)
+
+
+@njit(**JIT)
+def poisson_b(dZ, db, P, T, labels, use_labels, sw):
+    poisson_backward(dZ, db, P, T, sw)
+
+
+# code -> (forward, backward)
+KERNELS = {SOFTMAX_CE: (softmax_xent_f, softmax_xent_b), SIGMOID_BCE: (sigmoid_bce_f, sigmoid_bce_b),
+           IDENTITY_MSE: (mse_f, mse_b), IDENTITY_HUBER: (huber_f, huber_b), EXP_POISSON: (poisson_f, poisson_b)}
+
+
 def loss_forward(code, P, Z, b, T, labels, use_labels, sw):
-    return loss_forward_in(ALL, code, P, Z, b, T, labels, use_labels, sw)
+    """Loss pair ``code``'s forward pass (from Python: the drivers call the kernel by address)."""
+    return KERNELS[code][0](P, Z, b, T, labels, use_labels, sw)
 
 
-@njit(**JIT)
 def loss_backward(code, dZ, db, P, T, labels, use_labels, sw):
-    loss_backward_in(ALL, code, dZ, db, P, T, labels, use_labels, sw)
+    """Loss pair ``code``'s backward pass."""
+    KERNELS[code][1](dZ, db, P, T, labels, use_labels, sw)
 
 
 # ---- metric: correct predictions (training accuracy without a second forward pass) -----

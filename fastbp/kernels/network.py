@@ -2,9 +2,10 @@
 
 They walk a layer table and views into three flat buffers, so one compiled
 function (per dtype) serves every architecture, and a Python call trains a
-whole epoch. Their first argument ``kset`` (kset.py) says which kernels the
-compiled function contains: a network's drivers are compiled with its own
-activations, loss pair, norms, optimizer and dropout only.
+whole epoch. Their first argument ``kt`` is the network's kernel table
+(table.py): the addresses of its activation, loss, norm, dropout and optimizer
+kernels, each compiled on its own. The drivers hold none of those kernels, so
+they are compiled once per dtype for every network.
 
 ``layout`` (n_layers, 19) int64, one row per dense layer:
     n_in, n_out, W offset, b offset (in params/grads), activation code,
@@ -29,11 +30,12 @@ from numba import njit
 
 from .._blas import gemm, transpose
 from .._config import INLINE, JIT, compile_locked
-from .activations import activation_backward_in, activation_forward_in
-from .dropout import dropout_backward_in, dropout_forward_in
-from .losses import _inv_total, correct_count, loss_backward_in, loss_forward_in, output_forward
-from .norm import NO_NORM, norm_backward_in, norm_forward_in, norm_update_running_in
-from .optim import all_finite, diff_sq_sum, optimizer_update_in, sq_sum
+from .losses import _inv_total, correct_count, output_forward
+from .norm import NO_NORM
+from .optim import all_finite, diff_sq_sum, sq_sum
+from .table import (ACT_B, ACT_F, DROP_B, DROP_F, LOSS_B, LOSS_F, NORM_B, NORM_F, NORM_U, OPT_U, call_act_b, call_act_f,
+                    call_drop_b, call_drop_f, call_loss_b, call_loss_f, call_norm_b, call_norm_f, call_norm_u,
+                    call_opt_u)
 
 (N_IN, N_OUT, W_OFF, B_OFF, ACT, Z_OFF, A_OFF, D_OFF, M_OFF, NORM, G_OFF, BE_OFF, XH_OFF, MU_OFF, RS_OFF,
  RM_OFF, RV_OFF, P_END, WT) = range(19)
@@ -65,7 +67,7 @@ def vec(buf, off, k):
 
 
 @njit(**INLINE)
-def hidden_forward(kset, params, nstate, ws, layout, fpar, X, n, training, rng):
+def hidden_forward(kt, params, nstate, ws, layout, fpar, X, n, training, rng):
     # X (n, n_in0) -> returns the (n, n_out) input of the output layer (a view into ws)
     inp = X
     for l in range(layout.shape[0] - 1):
@@ -76,17 +78,17 @@ def hidden_forward(kset, params, nstate, ws, layout, fpar, X, n, training, rng):
         gemm(False, False, 1.0, inp, W, 0.0, Z)               # Z = X W
         norm = layout[l, NORM]
         if norm != NO_NORM:
-            norm_forward_in(kset, norm, Z, view2(ws, layout[l, XH_OFF], n, k), vec(ws, layout[l, MU_OFF], max(n, 2 * k)),
+            call_norm_f(kt[l, NORM_F], Z, view2(ws, layout[l, XH_OFF], n, k), vec(ws, layout[l, MU_OFF], max(n, 2 * k)),
                          vec(ws, layout[l, RS_OFF], max(n, k)), b, vec(params, layout[l, G_OFF], k),
                          vec(nstate, layout[l, RM_OFF], k), vec(nstate, layout[l, RV_OFF], k),
                          fpar[l, EPS], training)  # Z = gamma xhat(Z + b)
             b = vec(params, layout[l, BE_OFF], k)
-        activation_forward_in(kset, layout[l, ACT], A, Z, b, fpar[l, ALPHA])  # A = f(Z + b)  (b: beta with a norm)
+        call_act_f(kt[l, ACT_F], A, Z, b, fpar[l, ALPHA])  # A = f(Z + b)  (b: beta with a norm)
         p = fpar[l, DROP]
         if training and p > 0.0:
             D = view2(ws, layout[l, D_OFF], n, k)
             M = view2(ws, layout[l, M_OFF], n, k)
-            dropout_forward_in(kset, D, M, A, p, rng)
+            call_drop_f(kt[l, DROP_F], D, M, A, p, rng)
             inp = D
         else:
             inp = A
@@ -94,28 +96,27 @@ def hidden_forward(kset, params, nstate, ws, layout, fpar, X, n, training, rng):
 
 
 @njit(**INLINE)
-def loss_forward_all(kset, params, nstate, ws, layout, fpar, meta, X, T, labels, use_labels, sw, n, training, rng):
+def loss_forward_all(kt, params, nstate, ws, layout, fpar, meta, X, T, labels, use_labels, sw, n, training, rng):
     # forward through every layer and the loss; returns the (weighted) mean loss of the n rows
-    inp = hidden_forward(kset, params, nstate, ws, layout, fpar, X, n, training, rng)
+    inp = hidden_forward(kt, params, nstate, ws, layout, fpar, X, n, training, rng)
     L = layout.shape[0] - 1
     k = layout[L, N_OUT]
     W, b = layer_params(params, layout, L)
     Z = view2(ws, layout[L, Z_OFF], n, k)
     P = view2(ws, layout[L, A_OFF], n, k)
     gemm(False, False, 1.0, inp, W, 0.0, Z)
-    return loss_forward_in(kset, meta[LOSS], P, Z, b, T, labels, use_labels, sw)
+    return call_loss_f(kt[-1, LOSS_F], P, Z, b, T, labels, use_labels, sw)
 
 
 @njit(**INLINE)
-def update_running(kset, nstate, ws, layout, fpar, n):
+def update_running(kt, nstate, ws, layout, fpar, n):
     # after a training forward of n rows: batch norm layers fold the batch statistics it left in
     # their MU slots into the running statistics (called once the step is accepted)
     for l in range(layout.shape[0] - 1):
-        if layout[l, NORM] != NO_NORM:
+        if kt[l, NORM_U] != 0:
             k = layout[l, N_OUT]
-            norm_update_running_in(kset, layout[l, NORM], vec(ws, layout[l, MU_OFF], 2 * k),
-                                   vec(nstate, layout[l, RM_OFF], k), vec(nstate, layout[l, RV_OFF], k),
-                                   fpar[l, MOMENTUM], n)
+            call_norm_u(kt[l, NORM_U], vec(ws, layout[l, MU_OFF], 2 * k),
+                        vec(nstate, layout[l, RM_OFF], k), vec(nstate, layout[l, RV_OFF], k), fpar[l, MOMENTUM], n)
 
 
 @njit(**JIT)
@@ -130,7 +131,7 @@ def l2_penalty(params, layout, alpha, sw, n):
 
 
 @njit(**INLINE)
-def backward_all(kset, grads, params, ws, layout, fpar, meta, X, T, labels, use_labels, sw, n, l2):
+def backward_all(kt, grads, params, ws, layout, fpar, meta, X, T, labels, use_labels, sw, n, l2):
     # after loss_forward_all(training=True): grads (same layout as params) <- d loss / d params
     # (overwritten, not accumulated); with l2 = alpha > 0, dW also gets alpha/s W (s: see l2_penalty)
     L = layout.shape[0] - 1
@@ -139,7 +140,7 @@ def backward_all(kset, grads, params, ws, layout, fpar, meta, X, T, labels, use_
     dZ = view2(ws, cur, n, k)
     P = view2(ws, layout[L, A_OFF], n, k)
     dW, db = layer_params(grads, layout, L)
-    loss_backward_in(kset, meta[LOSS], dZ, db, P, T, labels, use_labels, sw)
+    call_loss_b(kt[-1, LOSS_B], dZ, db, P, T, labels, use_labels, sw)
     for l in range(L, -1, -1):
         n_in = layout[l, N_IN]
         W, _ = layer_params(params, layout, l)
@@ -166,24 +167,24 @@ def backward_all(kset, grads, params, ws, layout, fpar, meta, X, T, labels, use_
             break
         h = l - 1
         if fpar[h, DROP] > 0.0:
-            dropout_backward_in(kset, dA, dA, view2(ws, layout[h, M_OFF], n, n_in))
+            call_drop_b(kt[h, DROP_B], dA, dA, view2(ws, layout[h, M_OFF], n, n_in))
         _, db = layer_params(grads, layout, h)
         A = view2(ws, layout[h, A_OFF], n, n_in)
         Z = view2(ws, layout[h, Z_OFF], n, n_in)
         norm = layout[h, NORM]
         if norm != NO_NORM:
             dbeta = vec(grads, layout[h, BE_OFF], n_in)
-            activation_backward_in(kset, layout[h, ACT], dA, dbeta, dA, A, Z, fpar[h, ALPHA])  # dY = dA f'
-            norm_backward_in(kset, norm, dA, db, vec(grads, layout[h, G_OFF], n_in), view2(ws, layout[h, XH_OFF], n, n_in),
+            call_act_b(kt[h, ACT_B], dA, dbeta, dA, A, Z, fpar[h, ALPHA])  # dY = dA f'
+            call_norm_b(kt[h, NORM_B], dA, db, vec(grads, layout[h, G_OFF], n_in), view2(ws, layout[h, XH_OFF], n, n_in),
                           vec(params, layout[h, G_OFF], n_in), vec(ws, layout[h, RS_OFF], max(n, n_in)))
         else:
-            activation_backward_in(kset, layout[h, ACT], dA, db, dA, A, Z, fpar[h, ALPHA])  # dZ = dA f'
+            call_act_b(kt[h, ACT_B], dA, db, dA, A, Z, fpar[h, ALPHA])  # dZ = dA f'
         dZ = dA
         cur, other = other, cur
 
 
 @njit(**INLINE)
-def train_batch(kset, params, grads, nstate, ws, layout, fpar, meta, rng, X, T, labels, use_labels, sw, n,
+def train_batch(kt, params, grads, nstate, ws, layout, fpar, meta, rng, X, T, labels, use_labels, sw, n,
                 opt_kind, s1, s2, s3, hp, step, ctl, tstats, pprev):
     """One step on rows 0..n of X/T/labels/sw. Returns (loss, penalty, status): the loss
     includes the L2 penalty (0 without ctl[L2]), which is also returned on its own; the
@@ -194,12 +195,12 @@ def train_batch(kset, params, grads, nstate, ws, layout, fpar, meta, rng, X, T, 
     layer l's gradient norm (before clipping) and ||update|| / ||W, b|| over batches
     (pprev (P,) is scratch for the parameters before the update)."""
     l2 = ctl[L2]
-    loss = loss_forward_all(kset, params, nstate, ws, layout, fpar, meta, X, T, labels, use_labels, sw, n, True, rng)
+    loss = loss_forward_all(kt, params, nstate, ws, layout, fpar, meta, X, T, labels, use_labels, sw, n, True, rng)
     penalty = l2_penalty(params, layout, l2, sw, n) if l2 > 0.0 else 0.0
     loss += penalty
     if not np.isfinite(loss):
         return loss, penalty, BAD_LOSS
-    backward_all(kset, grads, params, ws, layout, fpar, meta, X, T, labels, use_labels, sw, n, l2)
+    backward_all(kt, grads, params, ws, layout, fpar, meta, X, T, labels, use_labels, sw, n, l2)
     clip = ctl[CLIP]
     track = ctl[TRACK] != 0.0
     gscale = 1.0
@@ -220,8 +221,8 @@ def train_batch(kset, params, grads, nstate, ws, layout, fpar, meta, rng, X, T, 
         for i in range(params.shape[0]):   # (a loop: slice assignment compiles a string-formatting error path)
             pprev[i] = params[i]
     step[0] += 1
-    optimizer_update_in(kset, opt_kind, params, grads, s1, s2, s3, hp, step[0], gscale)
-    update_running(kset, nstate, ws, layout, fpar, n)   # the step is accepted: so are its batch statistics
+    call_opt_u(kt[-1, OPT_U], params, grads, s1, s2, s3, hp, step[0], gscale)
+    update_running(kt, nstate, ws, layout, fpar, n)   # the step is accepted: so are its batch statistics
     if track:
         for l in range(layout.shape[0]):
             a, e = layout[l, W_OFF], layout[l, P_END]
@@ -232,7 +233,7 @@ def train_batch(kset, params, grads, nstate, ws, layout, fpar, meta, rng, X, T, 
 
 
 @njit(**JIT)
-def train_epoch(kset, params, grads, nstate, ws, layout, fpar, meta, rng, X, T, labels, use_labels, sw,
+def train_epoch(kt, params, grads, nstate, ws, layout, fpar, meta, rng, X, T, labels, use_labels, sw,
                 perm, shuffle, batch_size, b0, b1, opt_kind, s1, s2, s3, hp, step, Xb, Tb, Lb, Wb,
                 stats, ctl, tstats, pprev):
     """Mini-batches b0..b1-1 of an epoch of ``batch_size`` rows, in the order ``perm``
@@ -265,7 +266,7 @@ def train_epoch(kset, params, grads, nstate, ws, layout, fpar, meta, rng, X, T, 
             xb, tb, lb, wb = Xb[:n], Tb[:n], Lb[:n], Wb[:n] if weighted else sw
         else:
             xb, tb, lb, wb = X[s:e], T[s:e], labels[s:e], sw[s:e] if weighted else sw
-        loss, penalty, status = train_batch(kset, params, grads, nstate, ws, layout, fpar, meta, rng, xb, tb, lb,
+        loss, penalty, status = train_batch(kt, params, grads, nstate, ws, layout, fpar, meta, rng, xb, tb, lb,
                                    use_labels, wb, n, opt_kind, s1, s2, s3, hp, step, ctl, tstats, pprev)
         stats[bi, 0] = loss
         if stats.shape[1] > 2:
@@ -286,7 +287,7 @@ def copy_rows(out, s, P):
 
 
 @njit(**JIT)
-def loss_all(kset, params, nstate, ws, layout, fpar, meta, rng, X, T, labels, use_labels, sw, batch_size, out,
+def loss_all(kt, params, nstate, ws, layout, fpar, meta, rng, X, T, labels, use_labels, sw, batch_size, out,
              with_loss):
     # inference, batch_size rows at a time: out (N, k_out) <- the network's output for every row
     # of X and, if with_loss, returns the (weighted) mean loss against T/labels (else 0; T, labels
@@ -302,7 +303,7 @@ def loss_all(kset, params, nstate, ws, layout, fpar, meta, rng, X, T, labels, us
     for s in range(0, N, batch_size):
         e = min(N, s + batch_size)
         n = e - s
-        inp = hidden_forward(kset, params, nstate, ws, layout, fpar, X[s:e], n, False, rng)
+        inp = hidden_forward(kt, params, nstate, ws, layout, fpar, X[s:e], n, False, rng)
         Z = view2(ws, layout[L, Z_OFF], n, k)
         P = view2(ws, layout[L, A_OFF], n, k)
         gemm(False, False, 1.0, inp, W, 0.0, Z)
@@ -314,7 +315,7 @@ def loss_all(kset, params, nstate, ws, layout, fpar, meta, rng, X, T, labels, us
                     wsum += wb[i]
             else:
                 wsum = n
-            total += wsum * loss_forward_in(kset, meta[LOSS], P, Z, b, T[s:e], labels[s:e], use_labels, wb)
+            total += wsum * call_loss_f(kt[-1, LOSS_F], P, Z, b, T[s:e], labels[s:e], use_labels, wb)
             wtotal += wsum
         else:
             output_forward(meta[LOSS], P, Z, b)            # P = output(Z + b), no loss

@@ -22,10 +22,8 @@ of dZ, dgamma = sum over rows of dY * xhat.
 
 import numpy as np
 from numba import njit
-from numba.extending import overload
 
-from .._config import INLINE, JIT, OVERLOAD_JIT
-from .kset import ALL, NORM_BIT, has
+from .._config import INLINE, JIT
 
 NO_NORM, BATCH_NORM, LAYER_NORM = range(3)
 NORMS = {None: NO_NORM, "none": NO_NORM, "batch": BATCH_NORM, "layer": LAYER_NORM}
@@ -154,65 +152,44 @@ def layernorm_backward(dY, db, dgamma, XH, gamma, rstd):
             db[j] += dz
 
 
-# ---- dispatch: the norms of a KernelSet (kset.py), or both ------------------------------------
-def norm_forward_in(kset, code, Z, XH, mu, rstd, b, gamma, run_mean, run_var, eps, training):
-    """Norm ``code``'s forward pass, compiling only the norms in ``kset``."""
-    raise TypeError("norm_forward_in runs inside compiled code; call norm_forward")
-
-
-def norm_update_running_in(kset, code, mu, run_mean, run_var, momentum, n):
-    """After an accepted training step: batch norm folds the batch statistics into the running ones."""
-    raise TypeError("norm_update_running_in runs inside compiled code")
-
-
-def norm_backward_in(kset, code, dY, db, dgamma, XH, gamma, rstd):
-    """Norm ``code``'s backward pass, compiling only the norms in ``kset``."""
-    raise TypeError("norm_backward_in runs inside compiled code; call norm_backward")
-
-
-def _norms_in(kset):
-    return has(kset, NORM_BIT, BATCH_NORM), has(kset, NORM_BIT, LAYER_NORM)
-
-
-@overload(norm_forward_in, jit_options=OVERLOAD_JIT)
-def _norm_forward_in(kset, code, Z, XH, mu, rstd, b, gamma, run_mean, run_var, eps, training):
-    batch, layer = _norms_in(kset)
-
-    def impl(kset, code, Z, XH, mu, rstd, b, gamma, run_mean, run_var, eps, training):
-        if batch and code == BATCH_NORM:
-            batchnorm_forward(Z, XH, mu, rstd, b, gamma, run_mean, run_var, eps, training)
-        elif layer and code == LAYER_NORM:
-            layernorm_forward(Z, XH, mu, rstd, b, gamma, eps)
-    return impl
-
-
-@overload(norm_update_running_in, jit_options=OVERLOAD_JIT)
-def _norm_update_running_in(kset, code, mu, run_mean, run_var, momentum, n):
-    batch, _ = _norms_in(kset)
-
-    def impl(kset, code, mu, run_mean, run_var, momentum, n):
-        if batch and code == BATCH_NORM:
-            batchnorm_update_running(mu, run_mean, run_var, momentum, n)
-    return impl
-
-
-@overload(norm_backward_in, jit_options=OVERLOAD_JIT)
-def _norm_backward_in(kset, code, dY, db, dgamma, XH, gamma, rstd):
-    batch, layer = _norms_in(kset)
-
-    def impl(kset, code, dY, db, dgamma, XH, gamma, rstd):
-        if batch and code == BATCH_NORM:
-            batchnorm_backward(dY, db, dgamma, XH, gamma, rstd)
-        elif layer and code == LAYER_NORM:
-            layernorm_backward(dY, db, dgamma, XH, gamma, rstd)
-    return impl
+# ---- the family's kernels, one signature each (table.py calls them by address) ---------------
+# forward (Z, XH, mu, rstd, b, gamma, run_mean, run_var, eps, training), backward (dY, db, dgamma,
+# XH, gamma, rstd), and batch norm's update of the running statistics (mu, run_mean, run_var,
+# momentum, n); layer norm has none.
+@njit(**JIT)
+def batchnorm_f(Z, XH, mu, rstd, b, gamma, run_mean, run_var, eps, training):
+    batchnorm_forward(Z, XH, mu, rstd, b, gamma, run_mean, run_var, eps, training)
 
 
 @njit(**JIT)
+def batchnorm_b(dY, db, dgamma, XH, gamma, rstd):
+    batchnorm_backward(dY, db, dgamma, XH, gamma, rstd)
+
+
+@njit(**JIT)
+def batchnorm_u(mu, run_mean, run_var, momentum, n):
+    batchnorm_update_running(mu, run_mean, run_var, momentum, n)
+
+
+@njit(**JIT)
+def layernorm_f(Z, XH, mu, rstd, b, gamma, run_mean, run_var, eps, training):
+    layernorm_forward(Z, XH, mu, rstd, b, gamma, eps)
+
+
+@njit(**JIT)
+def layernorm_b(dY, db, dgamma, XH, gamma, rstd):
+    layernorm_backward(dY, db, dgamma, XH, gamma, rstd)
+
+
+# code -> (forward, backward, update of the running statistics or None)
+KERNELS = {BATCH_NORM: (batchnorm_f, batchnorm_b, batchnorm_u), LAYER_NORM: (layernorm_f, layernorm_b, None)}
+
+
 def norm_forward(code, Z, XH, mu, rstd, b, gamma, run_mean, run_var, eps, training):
-    norm_forward_in(ALL, code, Z, XH, mu, rstd, b, gamma, run_mean, run_var, eps, training)
+    """Norm ``code``'s forward pass (from Python: the drivers call the kernel by address)."""
+    KERNELS[code][0](Z, XH, mu, rstd, b, gamma, run_mean, run_var, eps, training)
 
 
-@njit(**JIT)
 def norm_backward(code, dY, db, dgamma, XH, gamma, rstd):
-    norm_backward_in(ALL, code, dY, db, dgamma, XH, gamma, rstd)
+    """Norm ``code``'s backward pass."""
+    KERNELS[code][1](dY, db, dgamma, XH, gamma, rstd)

@@ -15,10 +15,8 @@ from typing import NamedTuple
 
 import numpy as np
 from numba import njit
-from numba.extending import overload
 
-from .._config import INLINE, JIT, OVERLOAD_JIT
-from .kset import ALL, OPT_BIT, has
+from .._config import INLINE, JIT
 from .mathfn import like
 
 SGD, ADAM, RMSPROP = range(3)
@@ -146,34 +144,34 @@ def rmsprop_update(p, g, sq, gavg, buf, lr, alpha, eps, weight_decay, momentum, 
         p[i] = p[i] - lr_ * step
 
 
-def optimizer_update_in(kset, kind, p, g, s1, s2, s3, hp, t, gscale):
-    """optimizer_update compiling only the optimizers in ``kset`` (kset.py)."""
-    raise TypeError("optimizer_update_in runs inside compiled code; call optimizer_update")
-
-
-@overload(optimizer_update_in, jit_options=OVERLOAD_JIT)
-def _optimizer_update_in(kset, kind, p, g, s1, s2, s3, hp, t, gscale):
-    sgd, adam, rmsprop = (has(kset, OPT_BIT, c) for c in (SGD, ADAM, RMSPROP))
-
-    def impl(kset, kind, p, g, s1, s2, s3, hp, t, gscale):
-        if sgd and kind == SGD:
-            sgd_update(p, g, s1, t, hp[SGD_LR], hp[SGD_MOMENTUM], hp[SGD_DAMPENING], hp[SGD_WEIGHT_DECAY],
-                       hp[SGD_NESTEROV] != 0.0, gscale)
-        elif adam and kind == ADAM:
-            adam_update(p, g, s1, s2, s3, t, hp[ADAM_LR], hp[ADAM_BETA1], hp[ADAM_BETA2], hp[ADAM_EPS],
-                        hp[ADAM_WEIGHT_DECAY], hp[ADAM_DECOUPLED] != 0.0, hp[ADAM_AMSGRAD] != 0.0,
-                        hp[ADAM_EPS_HAT] != 0.0, gscale)
-        elif rmsprop and kind == RMSPROP:
-            rmsprop_update(p, g, s1, s2, s3, hp[RMS_LR], hp[RMS_ALPHA], hp[RMS_EPS], hp[RMS_WEIGHT_DECAY],
-                           hp[RMS_MOMENTUM], hp[RMS_CENTERED] != 0.0, gscale)
-    return impl
+# ---- the family's kernels, one signature each (table.py calls them by address) ---------------
+# (p, g, s1, s2, s3, hp, t, gscale): hp holds the hyper-parameters as ``pack`` writes them (the
+# fields of HPARAMS[kind]), s1..s3 the state buffers the optimizer allocates.
+@njit(**JIT)
+def sgd_u(p, g, s1, s2, s3, hp, t, gscale):
+    sgd_update(p, g, s1, t, hp[SGD_LR], hp[SGD_MOMENTUM], hp[SGD_DAMPENING], hp[SGD_WEIGHT_DECAY],
+               hp[SGD_NESTEROV] != 0.0, gscale)
 
 
 @njit(**JIT)
+def adam_u(p, g, s1, s2, s3, hp, t, gscale):
+    adam_update(p, g, s1, s2, s3, t, hp[ADAM_LR], hp[ADAM_BETA1], hp[ADAM_BETA2], hp[ADAM_EPS],
+                hp[ADAM_WEIGHT_DECAY], hp[ADAM_DECOUPLED] != 0.0, hp[ADAM_AMSGRAD] != 0.0,
+                hp[ADAM_EPS_HAT] != 0.0, gscale)
+
+
+@njit(**JIT)
+def rmsprop_u(p, g, s1, s2, s3, hp, t, gscale):
+    rmsprop_update(p, g, s1, s2, s3, hp[RMS_LR], hp[RMS_ALPHA], hp[RMS_EPS], hp[RMS_WEIGHT_DECAY],
+                   hp[RMS_MOMENTUM], hp[RMS_CENTERED] != 0.0, gscale)
+
+
+KERNELS = {SGD: sgd_u, ADAM: adam_u, RMSPROP: rmsprop_u}
+
+
 def optimizer_update(kind, p, g, s1, s2, s3, hp, t, gscale):
-    """Dispatch on ``kind``; ``hp`` holds the hyper-parameters as ``pack`` writes them
-    (the fields of HPARAMS[kind]), s1..s3 the state buffers the optimizer allocates."""
-    optimizer_update_in(ALL, kind, p, g, s1, s2, s3, hp, t, gscale)
+    """Optimizer ``kind``'s update (from Python: the drivers call the kernel by address)."""
+    KERNELS[kind](p, g, s1, s2, s3, hp, t, gscale)
 
 
 @njit(**dict(JIT, fastmath={"reassoc"}))

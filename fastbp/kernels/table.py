@@ -1,0 +1,193 @@
+"""Kernels compiled one by one and called through a table of addresses: a new network compiles only its new kernels.
+
+The drivers in ``network.py`` are compiled once per dtype for every network. They do not
+contain the activation, loss, norm, dropout and optimizer kernels: they call them through
+machine-code addresses held in a small int64 array, the kernel table ``kt``, which the Python
+side fills for each network (``kernel_table``). Each kernel is compiled on its own, once per
+(kernel, dtype), and cached; a network that differs from what this machine has compiled in
+one choice compiles that one kernel (well under a second), not a new driver (about ten seconds,
+when every network had drivers of its own with its kernels inlined).
+
+Every kernel of a family has the same signature per dtype (``signature``), fixed below and
+listed in each family's module beside its ``KERNELS`` table; the driver calls one with
+``call_<family>``, an intrinsic that checks the argument types against that signature at
+compile time and calls the address with Numba's own calling convention (a zero address raises
+instead of crashing).
+
+``kt`` (n_layers + 1, N_SLOTS) int64: row l < n_layers holds layer l's kernels (the slots
+ACT_F ... DROP_B; 0 where the layer has none), the last row the network's (LOSS_F, LOSS_B,
+OPT_U). An address is valid only in the process that filled the table: tables are never
+saved or pickled, and ``kernel_table`` makes them afresh in every process (a dict lookup
+once the kernels are compiled).
+"""
+
+import numpy as np
+from numba import types
+from numba.core import cgutils, errors
+from numba.extending import intrinsic
+
+from .._config import compile_locked
+from . import activations, dropout, losses, norm, optim
+
+# slots of a layer's row and of the last row
+ACT_F, ACT_B, NORM_F, NORM_B, NORM_U, DROP_F, DROP_B = range(7)
+LOSS_F, LOSS_B, OPT_U = range(3)
+N_SLOTS = 7
+
+
+# ---- the signatures: each family's argument types, per dtype ------------------------------------
+def _arg_types(family, dtype):
+    f = types.float32 if np.dtype(dtype) == np.float32 else types.float64
+    m, v = types.Array(f, 2, "C"), types.Array(f, 1, "C")
+    i64, f64, b1 = types.int64, types.float64, types.boolean
+    rng = types.Array(types.uint64, 1, "C")
+    # the targets, labels and row weights are only read, and may be the caller's read-only arrays
+    T, labels, sw = (types.Array(f, 2, "C", readonly=True), types.Array(types.int64, 1, "C", readonly=True),
+                     types.Array(f, 1, "C", readonly=True))
+    return {
+        "act_f": (m, m, v, f64),                              # A, Z, b, alpha
+        "act_b": (m, v, m, m, m, f64),                        # dZ, db, dA, A, Z, alpha
+        "loss_f": (m, m, v, T, labels, b1, sw),               # P, Z, b, T, labels, use_labels, sw
+        "loss_b": (m, v, m, T, labels, b1, sw),               # dZ, db, P, T, labels, use_labels, sw
+        "norm_f": (m, m, v, v, v, v, v, v, f64, b1),          # Z, XH, mu, rstd, b, gamma, rm, rv, eps, training
+        "norm_b": (m, v, v, m, v, v),                         # dY, db, dgamma, XH, gamma, rstd
+        "norm_u": (v, v, v, f64, i64),                        # mu, run_mean, run_var, momentum, n
+        "drop_f": (m, m, m, f64, rng),                        # D, M, A, p, rng
+        "drop_b": (m, m, m),                                  # dA, dD, M
+        "opt_u": (v, v, v, v, v, types.Array(f64, 1, "C"), i64, f64),   # p, g, s1, s2, s3, hp, t, gscale
+    }[family]
+
+
+_RETURNS = {"loss_f": types.float64}
+FAMILIES = ("act_f", "act_b", "loss_f", "loss_b", "norm_f", "norm_b", "norm_u", "drop_f", "drop_b", "opt_u")
+
+
+def signature(family, dtype):
+    """The Numba signature of the kernels of ``family`` for ``dtype``."""
+    return _RETURNS.get(family, types.none)(*_arg_types(family, dtype))
+
+
+def kernels():
+    """Every kernel by (family, code): the family modules' KERNELS tables (dropout's code is 0)."""
+    out = {}
+    for code, (f, b) in activations.KERNELS.items():
+        out["act_f", code], out["act_b", code] = f, b
+    for code, (f, b) in losses.KERNELS.items():
+        out["loss_f", code], out["loss_b", code] = f, b
+    for code, (f, b, u) in norm.KERNELS.items():
+        out["norm_f", code], out["norm_b", code] = f, b
+        if u is not None:
+            out["norm_u", code] = u
+    out["drop_f", 0], out["drop_b", 0] = dropout.KERNELS
+    for code, u in optim.KERNELS.items():
+        out["opt_u", code] = u
+    return out
+
+
+KERNELS = kernels()
+for _k in set(KERNELS.values()):
+    compile_locked(_k)
+del _k
+
+
+# ---- calling a kernel by address from a driver ------------------------------------------------
+def _typer(family, typingctx, addr, args):
+    ret = _RETURNS.get(family, types.none)
+    dtype = next((a.dtype for a in args if isinstance(a, types.Array) and a.dtype in (types.float32, types.float64)),
+                 None)
+    if dtype is None:
+        raise errors.TypingError(f"call_{family}: no float array among the arguments")
+    want = _arg_types(family, np.float32 if dtype == types.float32 else np.float64)
+    for i, (got, exp) in enumerate(zip(args, want)):
+        if got != exp and typingctx.can_convert(got, exp) is None:
+            raise errors.TypingError(f"call_{family}: argument {i + 2} is {got}, the kernels take {exp}")
+    if len(args) != len(want):
+        raise errors.TypingError(f"call_{family}: {len(args)} arguments, the kernels take {len(want)}")
+    sig = ret(types.int64, *want)
+
+    def codegen(context, builder, sig_, llargs):
+        argtys = tuple(want)
+        fnty = context.call_conv.get_function_type(ret, argtys)
+        with cgutils.if_unlikely(builder, cgutils.is_null(builder, llargs[0])):
+            context.call_conv.return_user_exc(builder, RuntimeError, (f"fastbp: no {family} kernel in the table",))
+        fn = builder.inttoptr(llargs[0], fnty.as_pointer())
+        status, res = context.call_conv.call_function(builder, fn, ret, argtys,
+                                                      list(llargs[1:]))
+        with cgutils.if_unlikely(builder, status.is_error):
+            context.call_conv.return_status_propagate(builder, status)
+        return res if ret != types.none else context.get_dummy_value()
+    return sig, codegen
+
+
+def _caller(family):
+    # call_<family>(addr, <the family's arguments>): an intrinsic of fixed arity (Numba's
+    # lowering of intrinsics takes no *args)
+    params = ", ".join(f"a{i}" for i in range(len(_arg_types(family, np.float64))))
+    ns = {"_typer": _typer}
+    exec(f"def call_{family}(typingctx, addr, {params}):\n"
+         f"    return _typer({family!r}, typingctx, addr, ({params},))\n", ns)
+    return intrinsic(ns[f"call_{family}"])
+
+
+call_act_f, call_act_b, call_loss_f, call_loss_b, call_norm_f, call_norm_b, call_norm_u, call_drop_f, \
+    call_drop_b, call_opt_u = (_caller(f) for f in ("act_f", "act_b", "loss_f", "loss_b", "norm_f", "norm_b",
+                                                       "norm_u", "drop_f", "drop_b", "opt_u"))
+
+
+# ---- filling a table ----------------------------------------------------------------------------
+_ADDRESS = {}   # (family, code, dtype name) -> address in this process
+_TABLES = {}    # the arguments of kernel_table -> its table (shared: never write into one)
+
+
+def address(family, code, dtype):
+    """The address of kernel (``family``, ``code``) for ``dtype``, compiling it (or loading it from
+    Numba's cache) on first use."""
+    key = (family, int(code), np.dtype(dtype).name)
+    addr = _ADDRESS.get(key)
+    if addr is None:
+        disp = KERNELS[family, int(code)]
+        args = signature(family, dtype).args
+        disp.compile(args)
+        cres = disp.overloads[args]
+        addr = _ADDRESS[key] = int(cres.library.get_pointer_to_function(cres.fndesc.llvm_func_name))
+    return addr
+
+
+def kernel_table(dtype, act_codes, loss_code, opt_kind=None, norm_codes=(), dropout=()):
+    """The kernel table of a network: ``act_codes``/``norm_codes``/``dropout`` (flags) per hidden
+    layer, ``loss_code`` its loss pair, ``opt_kind`` the optimizer (None: no update, evaluation).
+    Dropout kernels go in only where a flag is set (none for evaluation). The table is shared by
+    every network with these arguments; it stays writeable only because Numba types a read-only
+    array on its slow path, which allocates at every call."""
+    raw = (dtype, act_codes, loss_code, opt_kind, norm_codes, dropout)
+    try:
+        kt = _TABLES.get(raw)   # the fast path: the arguments as the network keeps them
+    except TypeError:           # (lists)
+        raw, kt = None, None
+    if kt is not None:
+        return kt
+    dtype = np.dtype(dtype)
+    act_codes, norm_codes, dropout = tuple(map(int, act_codes)), tuple(map(int, norm_codes)), tuple(map(bool, dropout))
+    key = (dtype, act_codes, int(loss_code), opt_kind, norm_codes, dropout)
+    kt = _TABLES.get(key)
+    if kt is not None:
+        if raw is not None:
+            _TABLES[raw] = kt
+        return kt
+    kt = np.zeros((len(act_codes) + 2, N_SLOTS), np.int64)
+    for l, code in enumerate(act_codes):
+        kt[l, ACT_F], kt[l, ACT_B] = address("act_f", code, dtype), address("act_b", code, dtype)
+        nc = norm_codes[l] if l < len(norm_codes) else 0
+        if nc:
+            kt[l, NORM_F], kt[l, NORM_B] = address("norm_f", nc, dtype), address("norm_b", nc, dtype)
+            if ("norm_u", nc) in KERNELS:
+                kt[l, NORM_U] = address("norm_u", nc, dtype)
+        if l < len(dropout) and dropout[l]:
+            kt[l, DROP_F], kt[l, DROP_B] = address("drop_f", 0, dtype), address("drop_b", 0, dtype)
+    kt[-1, LOSS_F], kt[-1, LOSS_B] = address("loss_f", loss_code, dtype), address("loss_b", loss_code, dtype)
+    if opt_kind is not None:
+        kt[-1, OPT_U] = address("opt_u", opt_kind, dtype)
+    _TABLES[key] = kt
+    if raw is not None:
+        _TABLES[raw] = kt
+    return kt
