@@ -109,7 +109,6 @@ class Network:
         self._split_seed = split_ss
         self._rng = np.array([drop_ss.generate_state(1, np.uint64)[0]], np.uint64)
         self.optimizer = None
-        self._trained_opt_kind = None   # the optimizer of the last training step (see _training_kernels)
         self.history = None
         self.stop_training = False
         self._epoch = 0            # epochs trained so far (the next fit's initial_epoch to resume; saved)

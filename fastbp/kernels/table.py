@@ -5,8 +5,8 @@ contain the activation, loss, norm, dropout and optimizer kernels: they call the
 machine-code addresses held in a small int64 array, the kernel table ``kt``, which the Python
 side fills for each network (``kernel_table``). Each kernel is compiled on its own, once per
 (kernel, dtype), and cached; a network that differs from what this machine has compiled in
-one choice compiles that one kernel (well under a second), not a new driver (about ten seconds,
-when every network had drivers of its own with its kernels inlined).
+one choice compiles that choice's kernels (well under a second), not new drivers (6-10 s, when
+every combination had drivers of its own with its kernels inlined).
 
 Every kernel of a family has the same signature per dtype (``signature``), fixed below and
 listed in each family's module beside its ``KERNELS`` table; the driver calls one with
@@ -111,8 +111,7 @@ def _typer(family, typingctx, addr, args):
         with cgutils.if_unlikely(builder, cgutils.is_null(builder, llargs[0])):
             context.call_conv.return_user_exc(builder, RuntimeError, (f"fastbp: no {family} kernel in the table",))
         fn = builder.inttoptr(llargs[0], fnty.as_pointer())
-        status, res = context.call_conv.call_function(builder, fn, ret, argtys,
-                                                      list(llargs[1:]))
+        status, res = context.call_conv.call_function(builder, fn, ret, argtys, list(llargs[1:]))
         with cgutils.if_unlikely(builder, status.is_error):
             context.call_conv.return_status_propagate(builder, status)
         return res if ret != types.none else context.get_dummy_value()
