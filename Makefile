@@ -8,14 +8,14 @@ BIN := $(VENV)/bin
 demo: $(VENV)/.installed
 	$(BIN)/python examples/demo.py
 
-# the suite runs every network on the all-kernel drivers (tests/conftest.py); warmup compiles
-# them first, one process per core, into Numba's cache (a no-op when they are cached already)
+# warmup compiles the drivers and every kernel for both dtypes first, one process per core, into
+# Numba's cache (a no-op when they are cached already)
 test: $(VENV)/.installed-test
 	$(BIN)/python -m fastbp.warmup --preset suite --quiet
 	$(BIN)/python -m pytest
 
 warmup: $(VENV)/.installed
-	$(BIN)/python -m fastbp.warmup --preset common
+	$(BIN)/python -m fastbp.warmup --preset all
 
 # imports every asv benchmark module (the tests also run each benchmark once)
 asv-check: $(VENV)/.installed-test

@@ -8,9 +8,10 @@
   the non-finite loss detection relies on.
 
 Numba decides whether a cached function is fresh from its *own* source file
-only, so a driver in ``kernels/network.py`` would keep the stale machine code of
-a kernel from ``kernels/activations.py`` that it inlined after that file
-changed. fastbp's functions therefore use a cache locator whose freshness stamp
+only, but a function's cached machine code holds the helpers it calls from other
+files, linked in or inlined (the drivers call ``_blas.gemm``, ``losses.correct_count``
+and ``optim.sq_sum``; the kernels use ``mathfn``), and would keep them stale after
+those files changed. fastbp's functions therefore use a cache locator whose freshness stamp
 is a hash of every file that holds compiled code (``kernels/*.py``, ``_blas.py``,
 this file): any change there recompiles all of them.
 """

@@ -151,7 +151,7 @@ class Runner:
         return K.train_epoch(self.kt, net.params, net.grads, net.norm_state, ws, layout, fpar, meta, net._rng,
                              self.X, self.T, self.labels, self.use_labels, self.sw,
                              self.perm if perm is None else perm, bool(shuffle), self.batch_size, b0, b1,
-                             self.opt.kind, s1, s2, s3, self.hp, self.opt._step, self.Xb, self.Tb, self.Lb, self.Wb,
+                             s1, s2, s3, self.hp, self.opt._step, self.Xb, self.Tb, self.Lb, self.Wb,
                              self.stats, self.ctl, self.tstats, self.pprev)
 
     def run_epoch(self, shuffle, should_stop, batch_callbacks=(), per_batch=False, progress=None, where=""):

@@ -77,7 +77,7 @@ def check_targets(y, loss_code, n_out, n, dtype, name="y", x_name="X"):
         if lo < 0 or hi >= n_out:
             raise InputError(f"{name} has class labels in [{lo}, {hi}], but the network has {n_out} "
                              f"outputs, so labels must lie in [0, {n_out})")
-        return None, np.ascontiguousarray(y, dtype=np.int64), True
+        return None, np.require(y, np.int64, ["C", "W"]), True   # (writeable: a read-only array types apart)
     if y.ndim == 1:
         if n_out != 1:
             raise InputError(f"{name} is 1-D but the network has {n_out} outputs; give targets of shape (n, {n_out})")

@@ -84,9 +84,6 @@ class Network:
         self._act_codes = [ACTIVATIONS[a] for a in self.activations]
         self._alphas = [DEFAULT_ALPHA.get(c, 0.0) for c in self._act_codes]
         self._norm_codes = [NORMS[v] for v in self.norm]
-        # kernel_table's arguments, made once (a steady-state step builds nothing to look its table up)
-        self._table_args = (self.dtype, tuple(self._act_codes), tuple(self._norm_codes),
-                            tuple(p > 0.0 for p in self.dropout))
         self._param_offs, self._n_flat = _buffers.param_layout(self.layer_sizes, self.dtype, self._norm_codes)
         self._state_offs, self._n_state = _buffers.state_layout(self.layer_sizes, self._norm_codes, self.dtype)
 
@@ -207,7 +204,12 @@ class Network:
         network's activation, loss and norm kernels and, when training, of its dropout and of
         the optimizer ``opt_kind``. Each kernel is compiled (or loaded from the cache) on first
         use; the drivers are the same for every network of a dtype."""
-        dtype, acts, norms, drop = self._table_args
+        args = self.__dict__.get("_table_args")
+        if args is None or args[0] != self.dropout:   # (first use, a network from an older pickle, or new dropout)
+            # kernel_table's arguments, made once: a steady-state step builds nothing to look its table up
+            args = self._table_args = (list(self.dropout), self.dtype, tuple(self._act_codes),
+                                       tuple(self._norm_codes), tuple(p > 0.0 for p in self.dropout))
+        _, dtype, acts, norms, drop = args
         return kernel_table(dtype, acts, self._loss_code, opt_kind, norms, drop if training else ())
 
     def _training_kernels(self, opt_kind):
@@ -236,7 +238,7 @@ class Network:
         with self._borrow(n) as (ws, layout, fpar, meta):
             loss, _, status = K.train_batch(self._training_kernels(opt.kind), self.params, self.grads, self.norm_state,
                                             ws, layout, fpar, meta, self._rng, X, T, labels, use_labels, sw, n,
-                                            opt.kind, s1, s2, s3, opt._hparams(), opt._step, self._ctl, self._tstats,
+                                            s1, s2, s3, opt._hparams(), opt._step, self._ctl, self._tstats,
                                             self._no_pprev)
         if status != K.OK:
             raise_diverged(self, status, loss, "train_step")

@@ -58,6 +58,15 @@ def _drivers(part, dtype):
     else:
         net.train_step(X[:16], y[:16], optimizer="adam")
         net.loss_and_gradients(X[:16], y[:16])
+        # the other entry points Python calls, each with one signature per dtype: batch norm's
+        # update after loss_and_gradients, the L2 term (scikit-learn's lbfgs), and the count of
+        # correct predictions (data-parallel training); on this network they change nothing
+        from .kernels import network as K
+        from .kernels.losses import correct_count
+        with net._borrow(16) as (ws, layout, fpar, meta):
+            K.update_running(net._kernels(training=True), net.norm_state, ws, layout, fpar, 16)
+            K.l2_penalty(net.params, layout, 0.1, net._no_weights, 16)
+        correct_count(net._loss_code, np.zeros((16, 3), dtype), net._no_T, y[:16].astype(np.int64), True)
 
 
 def _task(task):
@@ -84,7 +93,7 @@ def kernels_for(activations=(), losses=(), optimizers=(), norms=(), dropout=()):
     rest = [(f, NORMS[nm]) for nm in dict.fromkeys(norms) if NORMS[nm] for f in ("norm_f", "norm_b", "norm_u")]
     rest += [("drop_f", 0), ("drop_b", 0)] if "yes" in dropout else []
     rest += [("opt_u", k) for k in sorted({get_optimizer(o).kind for o in optimizers})]
-    groups = ([(f, c) for c in acts for f in ("act_f", "act_b")], [(f, c) for c in pairs for f in ("loss_f", "loss_b")],
+    groups = ([(f, c) for c in acts for f in ("act_f", "act_b")], [(f, c) for c in pairs for f in ("loss_f", "loss_b", "out_f")],
               rest)
     return [[k for k in g if k in KERNELS] for g in groups]
 

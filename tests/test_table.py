@@ -17,6 +17,7 @@ from numba import njit
 from numba.core.errors import TypingError
 
 import fastbp as fb
+from fastbp.kernels import network as K
 from fastbp.kernels import table as T
 from fastbp.kernels.activations import RELU, TANH
 from fastbp.kernels.losses import SOFTMAX_CE
@@ -36,10 +37,11 @@ def test_network_kernel_tables():
     assert list(train[1]) == [a("act_f", TANH), a("act_b", TANH), a("norm_f", LAYER_NORM), a("norm_b", LAYER_NORM),
                               0, a("drop_f", 0), a("drop_b", 0)]       # layer norm keeps no running statistics
     assert list(train[2]) == [0] * T.N_SLOTS                          # the output layer's kernels are the loss's
-    assert list(train[3][:3]) == [a("loss_f", SOFTMAX_CE), a("loss_b", SOFTMAX_CE), a("opt_u", ADAM)]
+    assert list(train[3][:4]) == [a("loss_f", SOFTMAX_CE), a("loss_b", SOFTMAX_CE), a("opt_u", ADAM),
+                                  a("out_f", SOFTMAX_CE)]
     # evaluation: no optimizer, no dropout
     assert list(infer[1][T.DROP_F:]) == [0, 0] and infer[3][T.OPT_U] == 0
-    assert np.array_equal(infer[:3, :T.DROP_F], train[:3, :T.DROP_F]) and list(infer[3][:2]) == list(train[3][:2])
+    assert np.array_equal(infer[:3, :T.DROP_F], train[:3, :T.DROP_F]) and list(infer[3][[0, 1, 3]]) == list(train[3][[0, 1, 3]])
     assert net._kernels(ADAM, True) is train                          # made once per process
     assert net._kernels(SGD, True)[3][T.OPT_U] == a("opt_u", SGD)
     f64 = fb.Network([3, 4, 2], dtype=np.float64)._kernels()
@@ -51,6 +53,19 @@ def test_every_kernel_has_its_family_signature():
         for dtype in (np.float32, np.float64):
             sig = T.signature(family, dtype)
             assert len(sig.args) == disp.py_func.__code__.co_argcount, (family, code)
+            T.address(family, code, dtype)    # compiles with exactly that signature, return type included
+            assert disp.overloads[sig.args].signature == sig, (family, code)
+
+
+def test_a_table_for_another_network_is_refused():
+    X = np.zeros((4, 3), np.float32)
+    a = fb.Network([3, 4, 2], dtype=np.float32, seed=0)
+    b = fb.Network([3, 4, 4, 2], dtype=np.float32, seed=0)
+    c = fb.Network([3, 4, 2], dtype=np.float64, seed=0)
+    for wrong in (b._kernels(), c._kernels()):   # a row too few / a float64 table for float32 arrays
+        with a._borrow(4) as (ws, layout, fpar, meta), pytest.raises(ValueError, match="not this network's"):
+            K.loss_all(wrong, a.params, a.norm_state, ws, layout, fpar, meta, a._rng, X, a._no_T, a._no_labels,
+                       True, a._no_weights, 4, np.empty((4, 2), np.float32), False)
 
 
 @njit
@@ -72,9 +87,9 @@ def test_a_call_runs_the_kernel_and_an_empty_slot_raises():
 def test_a_call_with_the_wrong_types_does_not_compile():
     Z = np.zeros((5, 3), np.float32)
     with pytest.raises(TypingError, match="call_act_f: argument 4 is .* the kernels take"):
-        _relu_through(1, Z, Z, np.zeros(3, np.float64))    # a float64 bias for float32 arrays
+        _relu_through(0, Z, Z, np.zeros(3, np.float64))    # a float64 bias for float32 arrays
     with pytest.raises(TypingError, match="call_act_f"):
-        _relu_through(1, Z, np.asfortranarray(Z), np.zeros(3, np.float32))   # not C-contiguous
+        _relu_through(0, Z, np.asfortranarray(Z), np.zeros(3, np.float32))   # not C-contiguous
 
 
 _PROBE = r"""
@@ -104,7 +119,7 @@ def _probe(cache, **cfg):
 
 def test_a_fresh_cache_compiles_only_the_networks_kernels_and_a_new_choice_only_its_own(tmp_path):
     first = _probe(tmp_path, activation="relu", optimizer="adam", dropout=0.0)
-    assert first == {"kernels": ["adam_u", "relu_b", "relu_f", "softmax_xent_b", "softmax_xent_f"],
+    assert first == {"kernels": ["adam_u", "relu_b", "relu_f", "softmax_out", "softmax_xent_b", "softmax_xent_f"],
                      "drivers": ["loss_all", "train_epoch"]}
     # one choice changed at a time, on the cache the first run left: that choice's kernels, no driver
     assert _probe(tmp_path, activation="tanh", optimizer="adam", dropout=0.0) == {
@@ -112,3 +127,17 @@ def test_a_fresh_cache_compiles_only_the_networks_kernels_and_a_new_choice_only_
     assert _probe(tmp_path, activation="relu", optimizer="sgd", dropout=0.2) == {
         "kernels": ["dropout_b", "dropout_f", "sgd_u"], "drivers": []}
     assert _probe(tmp_path, activation="tanh", optimizer="sgd", dropout=0.2) == {"kernels": [], "drivers": []}
+
+
+def test_tables_follow_the_network_when_made_afresh_and_after_a_new_dropout(rng):
+    X = rng.standard_normal((32, 3))
+    y = rng.integers(0, 2, 32)
+    net = fb.Network([3, 4, 2], seed=0)
+    net.fit(X, y, epochs=1, verbose=0)
+    before = net.predict_proba(X)
+    net.__dict__.pop("_table_args")          # made again on first use
+    np.testing.assert_array_equal(net.predict_proba(X), before)
+    assert net._kernels(ADAM, True)[0][T.DROP_F] == 0
+    net.dropout[0] = 0.5                     # dropout changed in place: the training table gains its kernels
+    net.fit(X, y, epochs=1, verbose=0)
+    assert net._kernels(ADAM, True)[0][T.DROP_F] == T.address("drop_f", 0, net.dtype)

@@ -342,21 +342,6 @@ def poisson_b(dZ, db, P, T, labels, use_labels, sw):
     poisson_backward(dZ, db, P, T, sw)
 
 
-# code -> (forward, backward)
-KERNELS = {SOFTMAX_CE: (softmax_xent_f, softmax_xent_b), SIGMOID_BCE: (sigmoid_bce_f, sigmoid_bce_b),
-           IDENTITY_MSE: (mse_f, mse_b), IDENTITY_HUBER: (huber_f, huber_b), EXP_POISSON: (poisson_f, poisson_b)}
-
-
-def loss_forward(code, P, Z, b, T, labels, use_labels, sw):
-    """Loss pair ``code``'s forward pass (from Python: the drivers call the kernel by address)."""
-    return KERNELS[code][0](P, Z, b, T, labels, use_labels, sw)
-
-
-def loss_backward(code, dZ, db, P, T, labels, use_labels, sw):
-    """Loss pair ``code``'s backward pass."""
-    KERNELS[code][1](dZ, db, P, T, labels, use_labels, sw)
-
-
 # ---- metric: correct predictions (training accuracy without a second forward pass) -----
 @njit(**JIT)
 def correct_count(code, P, T, labels, use_labels):
@@ -388,25 +373,58 @@ def correct_count(code, P, T, labels, use_labels):
     return c
 
 
-# ---- output function alone (inference: no targets, no loss) ---------------------------
+# ---- output function alone (inference: no targets, no loss): out (P, Z, b) ------------------
+# Z, P (n, k): P = the pair's output function of Z + b; P must not alias Z for softmax
 @njit(**JIT)
-def output_forward(code, P, Z, b):
-    # Z, P (n, k): P = softmax / sigmoid / exp / identity of Z + b;  P must not alias Z for softmax
+def softmax_out(P, Z, b):
+    _softmax_exp(P, Z, b)
+    for i in range(Z.shape[0]):
+        _softmax_normalise(P, i)
+
+
+@njit(**JIT)
+def sigmoid_out(P, Z, b):
     n, k = Z.shape
-    if code == SOFTMAX_CE:
-        _softmax_exp(P, Z, b)
-        for i in range(n):
-            _softmax_normalise(P, i)
-        return
     for i in range(n):
-        if code == SIGMOID_BCE:
-            for j in range(k):
-                z = Z[i, j] + b[j]
-                e = exp(-abs(z))
-                P[i, j] = 1.0 / (1.0 + e) if z >= 0 else e / (1.0 + e)
-        elif code == EXP_POISSON:
-            for j in range(k):
-                P[i, j] = exp(Z[i, j] + b[j])
-        else:
-            for j in range(k):
-                P[i, j] = Z[i, j] + b[j]
+        for j in range(k):
+            z = Z[i, j] + b[j]
+            e = exp(-abs(z))
+            P[i, j] = 1.0 / (1.0 + e) if z >= 0 else e / (1.0 + e)
+
+
+@njit(**JIT)
+def exp_out(P, Z, b):
+    n, k = Z.shape
+    for i in range(n):
+        for j in range(k):
+            P[i, j] = exp(Z[i, j] + b[j])
+
+
+@njit(**JIT)
+def identity_out(P, Z, b):
+    n, k = Z.shape
+    for i in range(n):
+        for j in range(k):
+            P[i, j] = Z[i, j] + b[j]
+
+
+# code -> (forward, backward, output alone)
+KERNELS = {SOFTMAX_CE: (softmax_xent_f, softmax_xent_b, softmax_out),
+           SIGMOID_BCE: (sigmoid_bce_f, sigmoid_bce_b, sigmoid_out),
+           IDENTITY_MSE: (mse_f, mse_b, identity_out), IDENTITY_HUBER: (huber_f, huber_b, identity_out),
+           EXP_POISSON: (poisson_f, poisson_b, exp_out)}
+
+
+def loss_forward(code, P, Z, b, T, labels, use_labels, sw):
+    """Loss pair ``code``'s forward pass (from Python: the drivers call the kernel by address)."""
+    return KERNELS[code][0](P, Z, b, T, labels, use_labels, sw)
+
+
+def loss_backward(code, dZ, db, P, T, labels, use_labels, sw):
+    """Loss pair ``code``'s backward pass."""
+    KERNELS[code][1](dZ, db, P, T, labels, use_labels, sw)
+
+
+def output_forward(code, P, Z, b):
+    """P = the output function of loss pair ``code`` of Z + b, no loss (inference)."""
+    KERNELS[code][2](P, Z, b)

@@ -30,12 +30,12 @@ from numba import njit
 
 from .._blas import gemm, transpose
 from .._config import INLINE, JIT, compile_locked
-from .losses import _inv_total, correct_count, output_forward
+from .losses import _inv_total, correct_count
 from .norm import NO_NORM
 from .optim import all_finite, diff_sq_sum, sq_sum
-from .table import (ACT_B, ACT_F, DROP_B, DROP_F, LOSS_B, LOSS_F, NORM_B, NORM_F, NORM_U, OPT_U, call_act_b, call_act_f,
-                    call_drop_b, call_drop_f, call_loss_b, call_loss_f, call_norm_b, call_norm_f, call_norm_u,
-                    call_opt_u)
+from .table import (ACT_B, ACT_F, DROP_B, DROP_F, ITEMSIZE, LOSS_B, LOSS_F, NORM_B, NORM_F, NORM_U, OPT_U, OUT_F,
+                    call_act_b, call_act_f, call_drop_b, call_drop_f, call_loss_b, call_loss_f, call_norm_b,
+                    call_norm_f, call_norm_u, call_opt_u, call_out_f)
 
 (N_IN, N_OUT, W_OFF, B_OFF, ACT, Z_OFF, A_OFF, D_OFF, M_OFF, NORM, G_OFF, BE_OFF, XH_OFF, MU_OFF, RS_OFF,
  RM_OFF, RV_OFF, P_END, WT) = range(19)
@@ -185,7 +185,7 @@ def backward_all(kt, grads, params, ws, layout, fpar, meta, X, T, labels, use_la
 
 @njit(**INLINE)
 def train_batch(kt, params, grads, nstate, ws, layout, fpar, meta, rng, X, T, labels, use_labels, sw, n,
-                opt_kind, s1, s2, s3, hp, step, ctl, tstats, pprev):
+                s1, s2, s3, hp, step, ctl, tstats, pprev):
     """One step on rows 0..n of X/T/labels/sw. Returns (loss, penalty, status): the loss
     includes the L2 penalty (0 without ctl[L2]), which is also returned on its own; the
     update is applied only when the loss and every gradient are finite (status OK).
@@ -234,7 +234,7 @@ def train_batch(kt, params, grads, nstate, ws, layout, fpar, meta, rng, X, T, la
 
 @njit(**JIT)
 def train_epoch(kt, params, grads, nstate, ws, layout, fpar, meta, rng, X, T, labels, use_labels, sw,
-                perm, shuffle, batch_size, b0, b1, opt_kind, s1, s2, s3, hp, step, Xb, Tb, Lb, Wb,
+                perm, shuffle, batch_size, b0, b1, s1, s2, s3, hp, step, Xb, Tb, Lb, Wb,
                 stats, ctl, tstats, pprev):
     """Mini-batches b0..b1-1 of an epoch of ``batch_size`` rows, in the order ``perm``
     (if ``shuffle``) or as stored; the last batch may be short. Shuffled rows are
@@ -243,6 +243,8 @@ def train_epoch(kt, params, grads, nstate, ws, layout, fpar, meta, rng, X, T, la
     losses.correct_count) and, if stats has a third column, the L2 penalty included
     in that loss. Returns (next batch, status); it stops at the first
     non-OK batch and returns that batch's index."""
+    if kt.shape[0] != layout.shape[0] + 1 or kt[-1, ITEMSIZE] != params.itemsize:
+        raise ValueError("fastbp: the kernel table is not this network's (rows or dtype)")
     N = X.shape[0]
     d = X.shape[1]
     L = layout.shape[0] - 1
@@ -267,7 +269,7 @@ def train_epoch(kt, params, grads, nstate, ws, layout, fpar, meta, rng, X, T, la
         else:
             xb, tb, lb, wb = X[s:e], T[s:e], labels[s:e], sw[s:e] if weighted else sw
         loss, penalty, status = train_batch(kt, params, grads, nstate, ws, layout, fpar, meta, rng, xb, tb, lb,
-                                   use_labels, wb, n, opt_kind, s1, s2, s3, hp, step, ctl, tstats, pprev)
+                                   use_labels, wb, n, s1, s2, s3, hp, step, ctl, tstats, pprev)
         stats[bi, 0] = loss
         if stats.shape[1] > 2:
             stats[bi, 2] = penalty
@@ -293,6 +295,8 @@ def loss_all(kt, params, nstate, ws, layout, fpar, meta, rng, X, T, labels, use_
     # of X and, if with_loss, returns the (weighted) mean loss against T/labels (else 0; T, labels
     # and sw are then not read). One function for evaluate and predict, with one forward pass in
     # it: one compile, not two (each inlined copy of the forward is compiled again).
+    if kt.shape[0] != layout.shape[0] + 1 or kt[-1, ITEMSIZE] != params.itemsize:
+        raise ValueError("fastbp: the kernel table is not this network's (rows or dtype)")
     N = X.shape[0]
     L = layout.shape[0] - 1
     k = layout[L, N_OUT]
@@ -318,7 +322,7 @@ def loss_all(kt, params, nstate, ws, layout, fpar, meta, rng, X, T, labels, use_
             total += wsum * call_loss_f(kt[-1, LOSS_F], P, Z, b, T[s:e], labels[s:e], use_labels, wb)
             wtotal += wsum
         else:
-            output_forward(meta[LOSS], P, Z, b)            # P = output(Z + b), no loss
+            call_out_f(kt[-1, OUT_F], P, Z, b)             # P = output(Z + b), no loss
         copy_rows(out, s, P)
     return total / wtotal if wtotal > 0.0 else 0.0
 

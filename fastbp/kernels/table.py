@@ -16,7 +16,8 @@ instead of crashing).
 
 ``kt`` (n_layers + 1, N_SLOTS) int64: row l < n_layers holds layer l's kernels (the slots
 ACT_F ... DROP_B; 0 where the layer has none), the last row the network's (LOSS_F, LOSS_B,
-OPT_U). An address is valid only in the process that filled the table: tables are never
+OPT_U, OUT_F: the loss pair's output function alone, for inference; ITEMSIZE: the dtype's size,
+which the entry points check against their arrays, with the number of rows). An address is valid only in the process that filled the table: tables are never
 saved or pickled, and ``kernel_table`` makes them afresh in every process (a dict lookup
 once the kernels are compiled).
 """
@@ -24,6 +25,7 @@ once the kernels are compiled).
 import numpy as np
 from numba import types
 from numba.core import cgutils, errors
+from numba.core.typeconv import Conversion
 from numba.extending import intrinsic
 
 from .._config import compile_locked
@@ -31,7 +33,7 @@ from . import activations, dropout, losses, norm, optim
 
 # slots of a layer's row and of the last row
 ACT_F, ACT_B, NORM_F, NORM_B, NORM_U, DROP_F, DROP_B = range(7)
-LOSS_F, LOSS_B, OPT_U = range(3)
+LOSS_F, LOSS_B, OPT_U, OUT_F, ITEMSIZE = range(5)
 N_SLOTS = 7
 
 
@@ -49,6 +51,7 @@ def _arg_types(family, dtype):
         "act_b": (m, v, m, m, m, f64),                        # dZ, db, dA, A, Z, alpha
         "loss_f": (m, m, v, T, labels, b1, sw),               # P, Z, b, T, labels, use_labels, sw
         "loss_b": (m, v, m, T, labels, b1, sw),               # dZ, db, P, T, labels, use_labels, sw
+        "out_f": (m, m, v),                                   # P, Z, b (the output function alone)
         "norm_f": (m, m, v, v, v, v, v, v, f64, b1),          # Z, XH, mu, rstd, b, gamma, rm, rv, eps, training
         "norm_b": (m, v, v, m, v, v),                         # dY, db, dgamma, XH, gamma, rstd
         "norm_u": (v, v, v, f64, i64),                        # mu, run_mean, run_var, momentum, n
@@ -59,7 +62,8 @@ def _arg_types(family, dtype):
 
 
 _RETURNS = {"loss_f": types.float64}
-FAMILIES = ("act_f", "act_b", "loss_f", "loss_b", "norm_f", "norm_b", "norm_u", "drop_f", "drop_b", "opt_u")
+FAMILIES = ("act_f", "act_b", "loss_f", "loss_b", "out_f", "norm_f", "norm_b", "norm_u", "drop_f", "drop_b",
+            "opt_u")
 
 
 def signature(family, dtype):
@@ -72,8 +76,8 @@ def kernels():
     out = {}
     for code, (f, b) in activations.KERNELS.items():
         out["act_f", code], out["act_b", code] = f, b
-    for code, (f, b) in losses.KERNELS.items():
-        out["loss_f", code], out["loss_b", code] = f, b
+    for code, (f, b, o) in losses.KERNELS.items():
+        out["loss_f", code], out["loss_b", code], out["out_f", code] = f, b, o
     for code, (f, b, u) in norm.KERNELS.items():
         out["norm_f", code], out["norm_b", code] = f, b
         if u is not None:
@@ -98,8 +102,11 @@ def _typer(family, typingctx, addr, args):
     if dtype is None:
         raise errors.TypingError(f"call_{family}: no float array among the arguments")
     want = _arg_types(family, np.float32 if dtype == types.float32 else np.float64)
+    if not isinstance(addr, types.Integer):
+        raise errors.TypingError(f"call_{family}: the address is {addr}, not an integer")
     for i, (got, exp) in enumerate(zip(args, want)):
-        if got != exp and typingctx.can_convert(got, exp) is None:
+        conv = typingctx.can_convert(got, exp) if got != exp else Conversion.exact
+        if conv is None or conv > Conversion.safe:
             raise errors.TypingError(f"call_{family}: argument {i + 2} is {got}, the kernels take {exp}")
     if len(args) != len(want):
         raise errors.TypingError(f"call_{family}: {len(args)} arguments, the kernels take {len(want)}")
@@ -128,9 +135,8 @@ def _caller(family):
     return intrinsic(ns[f"call_{family}"])
 
 
-call_act_f, call_act_b, call_loss_f, call_loss_b, call_norm_f, call_norm_b, call_norm_u, call_drop_f, \
-    call_drop_b, call_opt_u = (_caller(f) for f in ("act_f", "act_b", "loss_f", "loss_b", "norm_f", "norm_b",
-                                                       "norm_u", "drop_f", "drop_b", "opt_u"))
+call_act_f, call_act_b, call_loss_f, call_loss_b, call_out_f, call_norm_f, call_norm_b, call_norm_u, call_drop_f, \
+    call_drop_b, call_opt_u = (_caller(f) for f in FAMILIES)
 
 
 # ---- filling a table ----------------------------------------------------------------------------
@@ -145,9 +151,11 @@ def address(family, code, dtype):
     addr = _ADDRESS.get(key)
     if addr is None:
         disp = KERNELS[family, int(code)]
-        args = signature(family, dtype).args
-        disp.compile(args)
-        cres = disp.overloads[args]
+        sig = signature(family, dtype)
+        disp.compile(sig)   # (with the return type: the call_* intrinsics read the result as that type)
+        cres = disp.overloads[sig.args]
+        if cres.signature.return_type != sig.return_type:
+            raise TypeError(f"{disp.py_func.__name__} returns {cres.signature.return_type}, not {sig.return_type}")
         addr = _ADDRESS[key] = int(cres.library.get_pointer_to_function(cres.fndesc.llvm_func_name))
     return addr
 
@@ -184,6 +192,8 @@ def kernel_table(dtype, act_codes, loss_code, opt_kind=None, norm_codes=(), drop
         if l < len(dropout) and dropout[l]:
             kt[l, DROP_F], kt[l, DROP_B] = address("drop_f", 0, dtype), address("drop_b", 0, dtype)
     kt[-1, LOSS_F], kt[-1, LOSS_B] = address("loss_f", loss_code, dtype), address("loss_b", loss_code, dtype)
+    kt[-1, OUT_F] = address("out_f", loss_code, dtype)
+    kt[-1, ITEMSIZE] = dtype.itemsize
     if opt_kind is not None:
         kt[-1, OPT_U] = address("opt_u", opt_kind, dtype)
     _TABLES[key] = kt
