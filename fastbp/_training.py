@@ -114,7 +114,7 @@ class Runner:
         self.pprev = np.empty_like(net.params) if track_gradients else np.zeros(0, net.dtype)
         self.state = opt._bind(net)
         self.hp = opt._hparams()
-        self.kt = net._training_kernels(opt.kind)
+        self.kt = None          # the kernel table, made at the first run (see _first_run)
         self.chunk = 1          # batches per call when Python wants control back every CHUNK_SECONDS
         self._ws = self._borrowed = None
         self.threads = ThreadPolicy(net.layer_sizes, batch_size)   # the BLAS threads unless the user set them
@@ -148,11 +148,31 @@ class Runner:
         net = self.net
         ws, layout, fpar, meta = self._ws
         s1, s2, s3 = self.state
-        return K.train_epoch(self.kt, net.params, net.grads, net.norm_state, ws, layout, fpar, meta, net._rng,
-                             self.X, self.T, self.labels, self.use_labels, self.sw,
-                             self.perm if perm is None else perm, bool(shuffle), self.batch_size, b0, b1,
-                             s1, s2, s3, self.hp, self.opt._step, self.Xb, self.Tb, self.Lb, self.Wb,
-                             self.stats, self.ctl, self.tstats, self.pprev)
+        args = (net.params, net.grads, net.norm_state, ws, layout, fpar, meta, net._rng,
+                self.X, self.T, self.labels, self.use_labels, self.sw,
+                self.perm if perm is None else perm, bool(shuffle), self.batch_size, b0, b1,
+                s1, s2, s3, self.hp, self.opt._step, self.Xb, self.Tb, self.Lb, self.Wb,
+                self.stats, self.ctl, self.tstats, self.pprev)
+        if self.kt is None:
+            self._first_run(args)
+        return K.train_epoch(self.kt, *args)
+
+    def _first_run(self, args):
+        """Make the kernel table. On a cold cache the kernels (and the inference driver) compile in
+        a helper process while this one compiles the epoch driver (fastbp._compile)."""
+        from numba import typeof
+        from . import _compile
+        net = self.net
+        kt = np.zeros((1, 1), np.int64)            # (the type of every kernel table)
+        sig = tuple(typeof(a) for a in (kt, *args))
+        ws, layout, fpar, meta = args[3:7]
+        out = np.zeros((1, net.n_outputs), net.dtype)
+        infer = tuple(typeof(a) for a in (kt, net.params, net.norm_state, ws, layout, fpar, meta, net._rng, self.X,
+                                          net._no_T, net._no_labels, True, net._no_weights, 1, out, False))
+        if _compile.start_helper(K.train_epoch, sig, net._kernel_list(self.opt.kind, True), net.dtype,
+                                 later=[("loss_all", infer)]) is not None:
+            K.train_epoch.compile(sig)
+        self.kt = net._training_kernels(self.opt.kind)
 
     def run_epoch(self, shuffle, should_stop, batch_callbacks=(), per_batch=False, progress=None, where=""):
         """Every batch of the epoch in chunks of about CHUNK_SECONDS (one batch a call when a

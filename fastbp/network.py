@@ -20,7 +20,7 @@ from ._validation import (check_architecture, check_float, check_int, check_posi
 from .errors import InputError
 from .kernels import network as K
 from .kernels.activations import ACTIVATIONS, DEFAULT_ALPHA
-from .kernels.table import kernel_table
+from .kernels.table import kernel_table, kernels_needed
 from .kernels.losses import SIGMOID_BCE, SOFTMAX_CE, correct_count
 from .kernels.norm import NO_NORM, NORMS
 from .names import history_keys
@@ -211,6 +211,11 @@ class Network:
                                        tuple(self._norm_codes), tuple(p > 0.0 for p in self.dropout))
         _, dtype, acts, norms, drop = args
         return kernel_table(dtype, acts, self._loss_code, opt_kind, norms, drop if training else ())
+
+    def _kernel_list(self, opt_kind=None, training=False):
+        """The (family, code) kernels of ``_kernels(opt_kind, training)``'s table."""
+        drop = tuple(p > 0.0 for p in self.dropout) if training else ()
+        return kernels_needed(self._act_codes, self._loss_code, opt_kind, self._norm_codes, drop)
 
     def _training_kernels(self, opt_kind):
         """The kernel table of a training step with optimizer ``opt_kind`` (fit, train_step, the

@@ -45,7 +45,7 @@ print(json.dumps(out))
 
 
 def _env(cache_dir):
-    env = dict(os.environ, NUMBA_CACHE_DIR=str(cache_dir))
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(cache_dir), FASTBP_COMPILE_HELPER="0")   # (the lock alone)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
     env.pop("NUMBA_DISABLE_JIT", None)
     return env

@@ -160,6 +160,22 @@ def address(family, code, dtype):
     return addr
 
 
+def kernels_needed(act_codes, loss_code, opt_kind=None, norm_codes=(), dropout=()):
+    """The (family, code) kernels of ``kernel_table`` with these arguments, in the order it fills them."""
+    out = []
+    for l, code in enumerate(act_codes):
+        out += [("act_f", code), ("act_b", code)]
+        nc = norm_codes[l] if l < len(norm_codes) else 0
+        if nc:
+            out += [(f, nc) for f in ("norm_f", "norm_b", "norm_u") if (f, nc) in KERNELS]
+        if l < len(dropout) and dropout[l]:
+            out += [("drop_f", 0), ("drop_b", 0)]
+    out += [("loss_f", loss_code), ("loss_b", loss_code), ("out_f", loss_code)]
+    if opt_kind is not None:
+        out.append(("opt_u", opt_kind))
+    return list(dict.fromkeys((f, int(c)) for f, c in out))
+
+
 def kernel_table(dtype, act_codes, loss_code, opt_kind=None, norm_codes=(), dropout=()):
     """The kernel table of a network: ``act_codes``/``norm_codes``/``dropout`` (flags) per hidden
     layer, ``loss_code`` its loss pair, ``opt_kind`` the optimizer (None: no update, evaluation).
