@@ -17,7 +17,8 @@ they use only these members:
 - ``net._loss_code``: the kernels' code of the output/loss pair;
 - ``net._borrow(n)``: a context manager giving the workspace ``(ws, layout, fpar, meta)``
   for batches of up to ``n`` rows; ``net._drop_workspace(n)`` forgets a one-off size;
-- ``net._training_kernels(kind)``: the kernel table (kernels/table.py) of a training step with optimizer ``kind``;
+- ``net._training_kernels(kind)``: the kernel table (kernels/table.py) of a training step with optimizer ``kind``,
+  and ``net._kernel_list(kind, True)`` the kernels in it (for fastbp._compile's helper);
 - ``net._views(flat)``: per layer (W, b) or (W, b, gamma, beta) views into any array laid
   out as ``params``;
 - ``net._check_xyw(X, y, sample_weight, class_weight, names)``: checked data
