@@ -15,7 +15,8 @@ The helper is only started when the cache is usable (a compile can be shared), t
 not cached yet (the helper then has several seconds to finish in), and not under MPI (ranks
 share their compiles through the lock already). ``FASTBP_COMPILE_HELPER=0`` turns it off. It
 inherits the environment (``NUMBA_CACHE_DIR`` included) and is stopped when this process
-exits, if it is still running then.
+exits, if it is still running then (a process that ends without running its exit handlers, as
+a forked multiprocessing worker does, leaves it to finish its compile and exit by itself).
 """
 
 import atexit
@@ -28,6 +29,7 @@ import sys
 ENV = "FASTBP_COMPILE_HELPER"
 _MPI_ENV = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMI_RANK", "MPI_LOCALNRANKS")
 _HELPERS = []
+_OWNER = [None]   # the process whose helpers _HELPERS lists
 
 
 def is_cached(disp, sig):
@@ -76,7 +78,9 @@ def start_helper(driver, driver_sig, kernels, dtype, later=()):
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     except OSError:
         return None
-    if not _HELPERS:
+    if _OWNER[0] != os.getpid():       # first helper of this process (or of a fork of one that had some)
+        _OWNER[0] = os.getpid()
+        _HELPERS.clear()
         atexit.register(_stop_helpers)
     _HELPERS.append(proc)
     return proc
