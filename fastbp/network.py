@@ -199,32 +199,33 @@ class Network:
                                     self.dtype)
         return X, T, labels, use_labels, sw
 
+    def _layer_kernel_codes(self):
+        """(dropout as seen, activation codes, norm codes, dropout flags) per hidden layer, as
+        kernel_table takes them: made once (again only after ``dropout`` changed), so a
+        steady-state step builds nothing to look its table up with."""
+        made = self.__dict__.get("_layer_codes")
+        if made is None or made[0] != self.dropout:
+            made = self._layer_codes = (list(self.dropout), tuple(self._act_codes), tuple(self._norm_codes),
+                                        tuple(p > 0.0 for p in self.dropout))
+        return made
+
     def _kernels(self, opt_kind=None, training=False):
-        """The kernel table the compiled drivers get (kernels/table.py): the addresses of this
-        network's activation, loss and norm kernels and, when training, of its dropout and of
-        the optimizer ``opt_kind``. Each kernel is compiled (or loaded from the cache) on first
-        use; the drivers are the same for every network of a dtype."""
-        args = self.__dict__.get("_table_args")
-        if args is None or args[0] != self.dropout:   # (first use, a network from an older pickle, or new dropout)
-            # kernel_table's arguments, made once: a steady-state step builds nothing to look its table up
-            args = self._table_args = (list(self.dropout), self.dtype, tuple(self._act_codes),
-                                       tuple(self._norm_codes), tuple(p > 0.0 for p in self.dropout))
-        _, dtype, acts, norms, drop = args
-        return kernel_table(dtype, acts, self._loss_code, opt_kind, norms, drop if training else ())
+        """The kernel table the compiled drivers get (kernels/table.py): this network's activation,
+        loss and norm kernels and, when training, its dropout and the optimizer ``opt_kind``
+        (evaluate and predict use ``_kernels()``). Each kernel is compiled (or loaded from the
+        cache) on first use; the drivers are the same for every network of a dtype."""
+        _, acts, norms, drop = self._layer_kernel_codes()
+        return kernel_table(self.dtype, acts, self._loss_code, opt_kind, norms, drop if training else ())
 
     def _kernel_list(self, opt_kind=None, training=False):
         """The (family, code) kernels of ``_kernels(opt_kind, training)``'s table."""
-        drop = tuple(p > 0.0 for p in self.dropout) if training else ()
-        return kernels_needed(self._act_codes, self._loss_code, opt_kind, self._norm_codes, drop)
+        _, acts, norms, drop = self._layer_kernel_codes()
+        return kernels_needed(acts, self._loss_code, opt_kind, norms, drop if training else ())
 
     def _training_kernels(self, opt_kind):
         """The kernel table of a training step with optimizer ``opt_kind`` (fit, train_step, the
         scikit-learn estimators)."""
         return self._kernels(opt_kind, True)
-
-    def _eval_kernels(self):
-        """The kernel table of evaluate and predict: no optimizer, no dropout."""
-        return self._kernels()
 
     def _kernel_optimizer(self, optimizer):
         opt = get_optimizer(optimizer if optimizer is not None else (self.optimizer or "adam"))
@@ -407,7 +408,7 @@ class Network:
     def _predict_checked(self, X):
         out = np.empty((X.shape[0], self.n_outputs), self.dtype)
         with self._borrow(PREDICT_BATCH) as (ws, layout, fpar, meta):
-            K.loss_all(self._eval_kernels(), self.params, self.norm_state, ws, layout, fpar, meta, self._rng, X, self._no_T,
+            K.loss_all(self._kernels(), self.params, self.norm_state, ws, layout, fpar, meta, self._rng, X, self._no_T,
                        self._no_labels, True, self._no_weights, PREDICT_BATCH, out, False)
         return out
 
@@ -430,7 +431,7 @@ class Network:
     def _evaluate_checked(self, X, T, labels, use_labels, sw):
         out = np.empty((X.shape[0], self.n_outputs), self.dtype)
         with self._borrow(PREDICT_BATCH) as (ws, layout, fpar, meta):
-            loss = K.loss_all(self._eval_kernels(), self.params, self.norm_state, ws, layout, fpar, meta, self._rng, X, T,
+            loss = K.loss_all(self._kernels(), self.params, self.norm_state, ws, layout, fpar, meta, self._rng, X, T,
                               labels, use_labels, sw, PREDICT_BATCH, out, True)
         res = {"loss": float(loss)}
         if self.is_classifier:   # the kernels' count of correct predictions, as fit's accuracy

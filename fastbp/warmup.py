@@ -25,11 +25,12 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 
+from . import names
+
 PAIRS = {"cross_entropy": "softmax", "mse": "identity", "binary_cross_entropy": "sigmoid",
          "huber": "identity", "poisson": "exp"}
-_EVERY = dict(activations=["identity", "relu", "leaky_relu", "elu", "sigmoid", "tanh", "softplus", "gelu"],
-              losses=sorted(PAIRS), optimizers=["sgd", "adam", "rmsprop"], norms=["none", "batch", "layer"],
-              dropout=["no", "yes"])
+_EVERY = dict(activations=list(names.ACTIVATIONS), losses=sorted(PAIRS), optimizers=list(names.OPTIMIZERS),
+              norms=list(names.NORMS), dropout=["no", "yes"])
 PRESETS = {
     "default": dict(activations=["relu"], losses=["cross_entropy"], optimizers=["adam"], norms=["none"],
                     dropout=["no"], dtypes=["float32"]),
@@ -93,8 +94,8 @@ def kernels_for(activations=(), losses=(), optimizers=(), norms=(), dropout=()):
     rest = [(f, NORMS[nm]) for nm in dict.fromkeys(norms) if NORMS[nm] for f in ("norm_f", "norm_b", "norm_u")]
     rest += [("drop_f", 0), ("drop_b", 0)] if "yes" in dropout else []
     rest += [("opt_u", k) for k in sorted({get_optimizer(o).kind for o in optimizers})]
-    groups = ([(f, c) for c in acts for f in ("act_f", "act_b")], [(f, c) for c in pairs for f in ("loss_f", "loss_b", "out_f")],
-              rest)
+    groups = ([(f, c) for c in acts for f in ("act_f", "act_b")],
+              [(f, c) for c in pairs for f in ("loss_f", "loss_b", "out_f")], rest)
     return [[k for k in g if k in KERNELS] for g in groups]
 
 
@@ -128,13 +129,12 @@ def _describe(task):
     if task["kind"] == "drivers":
         return f"drivers: {task['part']}, {task['dtype']}"
     from .kernels.table import KERNELS
-    names = ", ".join(KERNELS[k].py_func.__name__ for k in task["kernels"])
-    return f"kernels: {names}, {task['dtype']}"
+    listed = ", ".join(KERNELS[k].py_func.__name__ for k in task["kernels"])
+    return f"kernels: {listed}, {task['dtype']}"
 
 
 def main(argv=None):
     """``fastbp warmup``: parse ``argv`` (default ``sys.argv[1:]``), compile, return 0."""
-    from . import names
     ap = argparse.ArgumentParser(prog="fastbp warmup", description=__doc__.splitlines()[0])
     ap.add_argument("--preset", choices=sorted(PRESETS), default="default")
     ap.add_argument("--activations", nargs="+", choices=names.ACTIVATIONS, metavar="NAME")

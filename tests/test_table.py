@@ -137,7 +137,7 @@ def test_tables_follow_the_network_when_made_afresh_and_after_a_new_dropout(rng)
     net = fb.Network([3, 4, 2], seed=0)
     net.fit(X, y, epochs=1, verbose=0)
     before = net.predict_proba(X)
-    net.__dict__.pop("_table_args")          # made again on first use
+    net.__dict__.pop("_layer_codes")         # made again on first use
     np.testing.assert_array_equal(net.predict_proba(X), before)
     assert net._kernels(ADAM, True)[0][T.DROP_F] == 0
     net.dropout[0] = 0.5                     # dropout changed in place: the training table gains its kernels

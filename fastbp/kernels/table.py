@@ -15,11 +15,12 @@ compile time and calls the address with Numba's own calling convention (a zero a
 instead of crashing).
 
 ``kt`` (n_layers + 1, N_SLOTS) int64: row l < n_layers holds layer l's kernels (the slots
-ACT_F ... DROP_B; 0 where the layer has none), the last row the network's (LOSS_F, LOSS_B,
-OPT_U, OUT_F: the loss pair's output function alone, for inference; ITEMSIZE: the dtype's size,
-which the entry points check against their arrays, with the number of rows). An address is valid only in the process that filled the table: tables are never
-saved or pickled, and ``kernel_table`` makes them afresh in every process (a dict lookup
-once the kernels are compiled).
+ACT_F ... DROP_B; 0 where the layer has none), the last row the network's: LOSS_F, LOSS_B,
+OPT_U, OUT_F (the loss pair's output function alone, for inference) and ITEMSIZE (the dtype's
+size, which the entry points check against their arrays, with the number of rows). An address
+is valid only in the process that filled the table: tables are never saved or pickled, and
+``kernel_table`` makes them afresh in every process (a dict lookup once the kernels are
+compiled).
 """
 
 import numpy as np
@@ -104,12 +105,12 @@ def _typer(family, typingctx, addr, args):
     want = _arg_types(family, np.float32 if dtype == types.float32 else np.float64)
     if not isinstance(addr, types.Integer):
         raise errors.TypingError(f"call_{family}: the address is {addr}, not an integer")
+    if len(args) != len(want):
+        raise errors.TypingError(f"call_{family}: {len(args)} arguments, the kernels take {len(want)}")
     for i, (got, exp) in enumerate(zip(args, want)):
         conv = typingctx.can_convert(got, exp) if got != exp else Conversion.exact
         if conv is None or conv > Conversion.safe:
             raise errors.TypingError(f"call_{family}: argument {i + 2} is {got}, the kernels take {exp}")
-    if len(args) != len(want):
-        raise errors.TypingError(f"call_{family}: {len(args)} arguments, the kernels take {len(want)}")
     sig = ret(types.int64, *want)
 
     def codegen(context, builder, sig_, llargs):
@@ -160,59 +161,46 @@ def address(family, code, dtype):
     return addr
 
 
-def kernels_needed(act_codes, loss_code, opt_kind=None, norm_codes=(), dropout=()):
-    """The (family, code) kernels of ``kernel_table`` with these arguments, in the order it fills them."""
-    out = []
+def _slots(act_codes, loss_code, opt_kind, norm_codes, dropout):
+    """(row, slot, family, code) of every kernel in the table with these arguments (row -1: the
+    network's own row)."""
     for l, code in enumerate(act_codes):
-        out += [("act_f", code), ("act_b", code)]
+        yield l, ACT_F, "act_f", code
+        yield l, ACT_B, "act_b", code
         nc = norm_codes[l] if l < len(norm_codes) else 0
         if nc:
-            out += [(f, nc) for f in ("norm_f", "norm_b", "norm_u") if (f, nc) in KERNELS]
+            yield l, NORM_F, "norm_f", nc
+            yield l, NORM_B, "norm_b", nc
+            if ("norm_u", nc) in KERNELS:       # (layer norm keeps no running statistics)
+                yield l, NORM_U, "norm_u", nc
         if l < len(dropout) and dropout[l]:
-            out += [("drop_f", 0), ("drop_b", 0)]
-    out += [("loss_f", loss_code), ("loss_b", loss_code), ("out_f", loss_code)]
+            yield l, DROP_F, "drop_f", 0
+            yield l, DROP_B, "drop_b", 0
+    yield -1, LOSS_F, "loss_f", loss_code
+    yield -1, LOSS_B, "loss_b", loss_code
+    yield -1, OUT_F, "out_f", loss_code
     if opt_kind is not None:
-        out.append(("opt_u", opt_kind))
-    return list(dict.fromkeys((f, int(c)) for f, c in out))
+        yield -1, OPT_U, "opt_u", opt_kind
+
+
+def kernels_needed(act_codes, loss_code, opt_kind=None, norm_codes=(), dropout=()):
+    """The (family, code) kernels of ``kernel_table`` with these arguments, in the order it fills them."""
+    return list(dict.fromkeys((f, int(c)) for _, _, f, c in _slots(act_codes, loss_code, opt_kind, norm_codes,
+                                                                   dropout)))
 
 
 def kernel_table(dtype, act_codes, loss_code, opt_kind=None, norm_codes=(), dropout=()):
     """The kernel table of a network: ``act_codes``/``norm_codes``/``dropout`` (flags) per hidden
-    layer, ``loss_code`` its loss pair, ``opt_kind`` the optimizer (None: no update, evaluation).
-    Dropout kernels go in only where a flag is set (none for evaluation). The table is shared by
-    every network with these arguments; it stays writeable only because Numba types a read-only
-    array on its slow path, which allocates at every call."""
-    raw = (dtype, act_codes, loss_code, opt_kind, norm_codes, dropout)
-    try:
-        kt = _TABLES.get(raw)   # the fast path: the arguments as the network keeps them
-    except TypeError:           # (lists)
-        raw, kt = None, None
-    if kt is not None:
-        return kt
-    dtype = np.dtype(dtype)
-    act_codes, norm_codes, dropout = tuple(map(int, act_codes)), tuple(map(int, norm_codes)), tuple(map(bool, dropout))
-    key = (dtype, act_codes, int(loss_code), opt_kind, norm_codes, dropout)
+    layer (tuples: they key the cache), ``loss_code`` its loss pair, ``opt_kind`` the optimizer
+    (None: no update, evaluation). Dropout kernels go in only where a flag is set (none for
+    evaluation). The table is shared by every network with these arguments; it stays writeable
+    only because Numba types a read-only array on its slow path, which allocates at every call."""
+    key = (dtype, act_codes, loss_code, opt_kind, norm_codes, dropout)
     kt = _TABLES.get(key)
-    if kt is not None:
-        if raw is not None:
-            _TABLES[raw] = kt
-        return kt
-    kt = np.zeros((len(act_codes) + 2, N_SLOTS), np.int64)
-    for l, code in enumerate(act_codes):
-        kt[l, ACT_F], kt[l, ACT_B] = address("act_f", code, dtype), address("act_b", code, dtype)
-        nc = norm_codes[l] if l < len(norm_codes) else 0
-        if nc:
-            kt[l, NORM_F], kt[l, NORM_B] = address("norm_f", nc, dtype), address("norm_b", nc, dtype)
-            if ("norm_u", nc) in KERNELS:
-                kt[l, NORM_U] = address("norm_u", nc, dtype)
-        if l < len(dropout) and dropout[l]:
-            kt[l, DROP_F], kt[l, DROP_B] = address("drop_f", 0, dtype), address("drop_b", 0, dtype)
-    kt[-1, LOSS_F], kt[-1, LOSS_B] = address("loss_f", loss_code, dtype), address("loss_b", loss_code, dtype)
-    kt[-1, OUT_F] = address("out_f", loss_code, dtype)
-    kt[-1, ITEMSIZE] = dtype.itemsize
-    if opt_kind is not None:
-        kt[-1, OPT_U] = address("opt_u", opt_kind, dtype)
-    _TABLES[key] = kt
-    if raw is not None:
-        _TABLES[raw] = kt
+    if kt is None:
+        kt = np.zeros((len(act_codes) + 2, N_SLOTS), np.int64)
+        for row, slot, family, code in _slots(act_codes, loss_code, opt_kind, norm_codes, dropout):
+            kt[row, slot] = address(family, code, dtype)
+        kt[-1, ITEMSIZE] = np.dtype(dtype).itemsize
+        _TABLES[key] = kt
     return kt
