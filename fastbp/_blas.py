@@ -17,13 +17,17 @@ correct, slower, and dependency-free.
 """
 
 import ctypes
+import ctypes.util
 import glob
 import os
+import sys
 import time
 
 import llvmlite.binding as llvm
 import numpy as np
+from llvmlite import ir
 from numba import carray, cfunc, njit, types
+from numba.extending import intrinsic
 
 from ._config import JIT
 
@@ -152,9 +156,136 @@ _somatcopy = types.ExternalFunction("fastbp_somatcopy", _omatcopy_sig(types.floa
 _domatcopy = types.ExternalFunction("fastbp_domatcopy", _omatcopy_sig(types.float64, types.uintp))
 
 
+# ---- bfloat16 products (Network(precision="bf16")) ------------------------------------------------------------
+# C (f32) = alpha op(A) op(B) + beta C with A, B bfloat16 (uint16 bit patterns): oneDNN's
+# dnnl_gemm_bf16bf16f32 (row-major, transposes as 'N'/'T', 64-bit dimensions), which runs on
+# AMX tiles or AVX512-BF16 where the CPU has them. oneDNN is optional (the ``bf16`` extra:
+# onednn-cpu-gomp); without it the symbol points at a plain Numba loop, so that the drivers
+# link, and Network falls back to float32 (``bf16_support``).
+
+def _gemm16_sig():
+    # (transa, transb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc) -> status
+    p = types.uintp
+    return types.int32(types.int8, types.int8, _i64, _i64, _i64, types.float32, p, _i64, p, _i64, types.float32,
+                       p, _i64)
+
+
+@intrinsic
+def f32_bits(typingctx, x):
+    """The bit pattern (uint32) of a float32."""
+    if x != types.float32:
+        return None
+    return types.uint32(types.float32), lambda context, builder, sig, args: builder.bitcast(args[0], ir.IntType(32))
+
+
+@intrinsic
+def bits_f32(typingctx, u):
+    """The float32 of a bit pattern (uint32)."""
+    if u != types.uint32:
+        return None
+    return types.float32(types.uint32), lambda context, builder, sig, args: builder.bitcast(args[0], ir.FloatType())
+
+
+def _fallback_gemm16(transa, transb, m, n, k, alpha, pa, lda, pb, ldb, beta, pc, ldc):
+    # the same product from the bit patterns (slow; only so that the drivers link without oneDNN)
+    C = carray(pc, (m, ldc))
+    A = carray(pa, (k if transa == 84 else m, lda))
+    B = carray(pb, (n if transb == 84 else k, ldb))
+    for i in range(m):
+        for j in range(n):
+            s = np.float32(0.0)
+            for p in range(k):
+                a = A[p, i] if transa == 84 else A[i, p]
+                b = B[j, p] if transb == 84 else B[p, j]
+                s += bits_f32(np.uint32(a) << np.uint32(16)) * bits_f32(np.uint32(b) << np.uint32(16))
+            C[i, j] = alpha * s + (np.float32(0.0) if beta == 0.0 else beta * C[i, j])
+    return 0
+
+
+def _find_onednn():
+    """oneDNN's library (the onednn-cpu-gomp wheel puts it in {prefix}/lib), or None."""
+    if os.environ.get("FASTBP_BF16", "").lower() == "off":
+        return None
+    paths = [os.path.join(p, "lib", "libdnnl.so.3") for p in dict.fromkeys((sys.prefix, sys.base_prefix))]
+    found = ctypes.util.find_library("dnnl")
+    for path in paths + ([found] if found else []):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        if hasattr(lib, "dnnl_gemm_bf16bf16f32"):
+            return lib, path
+    return None
+
+
+def cpu_bf16():
+    """The CPU's bfloat16 instructions LLVM sees on this host: a list of 'amx-bf16', 'avx512bf16' (may be empty)."""
+    feats = llvm.get_host_cpu_features()
+    return [f for f in ("amx-bf16", "avx512bf16") if feats.get(f, False)]
+
+
+def _setup_bf16():
+    info = {"bf16_provider": None, "bf16_library": None, "bf16_cpu": cpu_bf16()}
+    found = _find_onednn()
+    set_omp = None
+    if found is not None:
+        lib, path = found
+        llvm.add_symbol("fastbp_gemm_bf16", _address(lib.dnnl_gemm_bf16bf16f32))
+        info.update(bf16_provider="onednn", bf16_library=path)
+        try:   # oneDNN's OpenMP threads (the gomp build): the same count as the BLAS's (principle 6)
+            omp = ctypes.CDLL("libgomp.so.1")
+            set_omp = omp.omp_set_num_threads
+            set_omp.argtypes = [ctypes.c_int]
+        except (OSError, AttributeError):
+            set_omp = None
+    else:
+        sig = _gemm16_sig()
+        u16, f32 = types.CPointer(types.uint16), types.CPointer(types.float32)
+        f = cfunc(types.int32(*sig.args[:6], u16, _i64, u16, _i64, types.float32, f32, _i64), **JIT)(_fallback_gemm16)
+        llvm.add_symbol("fastbp_gemm_bf16", f.address)
+        _KEEP.append(f)
+    return info, set_omp
+
+
+_bf16_info, _set_omp_threads = _setup_bf16()
+BLAS_INFO.update(_bf16_info)
+_gemm16 = types.ExternalFunction("fastbp_gemm_bf16", _gemm16_sig())
+
+
+def bf16_support():
+    """(True, how) where bfloat16 products run at speed here: oneDNN found and a CPU with AMX-BF16 or
+    AVX512-BF16; else (False, why)."""
+    if BLAS_INFO["bf16_provider"] is None:
+        return False, ("oneDNN was not found (pip install 'fastbp[bf16]', i.e. onednn-cpu-gomp, or "
+                       "FASTBP_BF16=off is set)")
+    if not BLAS_INFO["bf16_cpu"]:
+        return False, "this CPU has neither AMX-BF16 nor AVX512-BF16 (oneDNN would emulate bfloat16, slower than float32)"
+    return True, f"oneDNN ({BLAS_INFO['bf16_library']}) on {'+'.join(BLAS_INFO['bf16_cpu'])}"
+
+
+@njit(**JIT)
+def gemm_bf16(trans_a, trans_b, A, B, beta, C):
+    """C = op(A) @ op(B) + beta * C for C-contiguous 2-D arrays, A and B bfloat16 bit patterns
+    (uint16), C float32; op(A) (m, k), op(B) (k, n), C (m, n). Accumulates in float32."""
+    m, n = C.shape
+    k = A.shape[0] if trans_a else A.shape[1]
+    if m == 0 or n == 0:
+        return
+    if k == 0:   # (oneDNN with k = 0)
+        for i in range(m):
+            for j in range(n):
+                C[i, j] = 0.0 if beta == 0.0 else beta * C[i, j]
+        return
+    _gemm16(np.int8(84 if trans_a else 78), np.int8(84 if trans_b else 78), m, n, k, np.float32(1.0),
+            A.ctypes.data, max(1, A.shape[1]), B.ctypes.data, max(1, B.shape[1]), np.float32(beta), C.ctypes.data,
+            max(1, n))
+
+
 def set_blas_threads(n):
     if _set_threads is not None:
         _set_threads(int(n))
+    if _set_omp_threads is not None:
+        _set_omp_threads(int(n))
 
 
 def get_blas_threads():

@@ -9,6 +9,8 @@ statistics live in a second, untrained flat buffer (``nstate``).
 Workspace (one flat array per batch size B): per hidden layer a slot for A
 (and Z for activations whose derivative needs it, D and M with dropout), the
 output layer's Z and P, and two gradient slots for the backward ping-pong.
+A bf16 network's workspace also holds, read as uint16 (kernels/precision.py), a bf16 copy
+of the parameters, of each layer's input and of one layer's dZ.
 A batch of n <= B rows uses the first n rows of each slot: views, no copies.
 """
 
@@ -21,7 +23,8 @@ import numpy as np
 from ._blas import dx_via_transpose
 from .kernels.activations import NEEDS_Z, RELU_LIKE
 from .kernels.network import (A_OFF, ACT, ALPHA, B_OFF, BE_OFF, D_OFF, DROP, EPS, G_OFF, M_OFF, MOMENTUM, MU_OFF,
-                              N_COLS, N_IN, N_OUT, NORM, P_END, RM_OFF, RS_OFF, RV_OFF, W_OFF, WT, XH_OFF, Z_OFF)
+                              N_COLS, N_IN, N_OUT, NORM, P_END, RM_OFF, RS_OFF, RV_OFF, W_OFF, WT, X16_OFF, XH_OFF,
+                              Z_OFF)
 from .kernels.norm import BATCH_NORM, NO_NORM
 
 ALIGN_BYTES = 64
@@ -73,8 +76,10 @@ def state_layout(sizes, norms, dtype):
 
 
 def build_layout(sizes, act_codes, alphas, drops, param_offs, batch_size, dtype, norms=None, norm_fpar=None,
-                 state_offs=None):
-    """Layer table (int64), per-layer floats, the two gradient-slot offsets and workspace length."""
+                 state_offs=None, n_params=0, bf16=False):
+    """Layer table (int64), per-layer floats, the offsets (g0, g1, p16, dz16) of the two gradient
+    slots and, with ``bf16`` (float32 only), of the bf16 copies of the ``n_params`` parameters and
+    of a dZ (in the workspace read as uint16; -1 without), and the workspace length."""
     item = np.dtype(dtype).itemsize
     L = len(sizes) - 1
     norms = norms or [NO_NORM] * (L - 1)
@@ -88,13 +93,21 @@ def build_layout(sizes, act_codes, alphas, drops, param_offs, batch_size, dtype,
         pos = _align(pos + batch_size * width, item)
         return off
 
+    def slot16(count):   # room for ``count`` uint16 in the float32 workspace, as a uint16 offset
+        nonlocal pos
+        off = pos
+        pos = _align(pos + (count + 1) // 2, item)
+        return 2 * off
+
     for l in range(L):
         k = sizes[l + 1]
         row = layout[l]
         row[N_IN], row[N_OUT] = sizes[l], k
         row[W_OFF], row[B_OFF], row[G_OFF], row[BE_OFF], row[P_END] = param_offs[l]
         row[NORM] = NO_NORM
-        row[WT] = int(l > 0 and dx_via_transpose(batch_size, sizes[l], k, dtype))
+        row[WT] = int(l > 0 and not bf16 and dx_via_transpose(batch_size, sizes[l], k, dtype))
+        if bf16:
+            row[X16_OFF] = slot16(batch_size * sizes[l])
         if l < L - 1:
             row[ACT] = act_codes[l]
             if norms[l] != NO_NORM:
@@ -119,7 +132,10 @@ def build_layout(sizes, act_codes, alphas, drops, param_offs, batch_size, dtype,
             row[D_OFF] = row[M_OFF] = row[A_OFF]
     widest = max(sizes[1:])
     g0, g1 = slot(widest), slot(widest)
-    return layout, fpar, (g0, g1), pos
+    p16 = dz16 = -1
+    if bf16:
+        p16, dz16 = slot16(n_params), slot16(batch_size * widest)
+    return layout, fpar, (g0, g1, p16, dz16), pos
 
 
 def init_params(param_views, state_views, act_codes, init, rng):

@@ -270,7 +270,8 @@ def _load(cls, path, headers, npz):
         net = cls._configured(cfg["layer_sizes"], activation=cfg["activation"] or "relu", output=cfg["output"],
                               loss=cfg["loss"], dtype=cfg["dtype"], seed=cfg["seed"],
                               dropout=cfg["dropout"] or 0.0, init=cfg["init"], norm=cfg.get("norm") or None,
-                              norm_momentum=cfg.get("norm_momentum", 0.1), norm_eps=cfg.get("norm_eps", 1e-5))
+                              norm_momentum=cfg.get("norm_momentum", 0.1), norm_eps=cfg.get("norm_eps", 1e-5),
+                              precision=cfg.get("precision", "fp32"))
         n_params, n_state, dtype = net._n_flat, net._n_state, net.dtype
         _check_header(path, headers, "params", (n_params,), dtype,
                       f"{path!r}: parameters have shape {{shape}} {{dtype}}, expected {(n_params,)} {dtype}")

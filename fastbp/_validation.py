@@ -200,8 +200,12 @@ def _dtype(dtype):
     return dt
 
 
+PRECISIONS = ("fp32", "bf16")
+PRECISION_ALIASES = {"float32": "fp32", "bfloat16": "bf16", "mixed_bfloat16": "bf16"}
+
+
 def check_architecture(layer_sizes, activation="relu", output="softmax", loss=None, dtype=np.float32, seed=0,
-                       dropout=0.0, init="auto", norm=None, norm_momentum=0.1, norm_eps=1e-5):
+                       dropout=0.0, init="auto", norm=None, norm_momentum=0.1, norm_eps=1e-5, precision="fp32"):
     """Network's arguments checked (InputError naming the problem) and normalised: a dict of
     its attributes (layer_sizes, activations, output, loss, _loss_code, dtype, seed, dropout,
     init, norm, norm_momentum, norm_eps). Allocates nothing."""
@@ -244,7 +248,11 @@ def check_architecture(layer_sizes, activation="relu", output="softmax", loss=No
     norm = [None if check_choice(v, "norm", NORMS) in (None, "none") else v for v in norms]
     norm_momentum = check_float(norm_momentum, "norm_momentum", 0.0, 1.0)
     norm_eps = check_float(norm_eps, "norm_eps", lo_open=True)
-    return {"layer_sizes": layer_sizes, "activations": activations, "output": output, "loss": loss,
+    precision = check_choice(PRECISION_ALIASES.get(precision, precision) if isinstance(precision, str) else precision,
+                             "precision", PRECISIONS)
+    if precision == "bf16" and dtype != np.float32:
+        raise InputError(f"precision='bf16' is mixed precision for float32 networks, got dtype {dtype.name}")
+    return {"precision": precision, "layer_sizes": layer_sizes, "activations": activations, "output": output, "loss": loss,
             "_loss_code": loss_code, "dtype": dtype, "seed": seed, "dropout": dropout, "init": init, "norm": norm,
             "norm_momentum": norm_momentum, "norm_eps": norm_eps}
 

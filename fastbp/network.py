@@ -8,10 +8,12 @@ values by ``_buffers.init_params``. Training runs through ``_training.Runner``, 
 
 import sys
 import time
+import warnings
 
 import numpy as np
 
 from . import _buffers, _io
+from ._blas import bf16_support
 from ._progress import InterruptFlag, Progress, closing_on_error, isatty
 from ._training import (History, Runner, check_callbacks, check_monitors, raise_diverged, validation_set,
                         schedule_epoch_end, warn_interrupted, warn_restart)
@@ -60,13 +62,21 @@ class Network:
     norm_momentum, norm_eps : float
         Batch norm's running-statistics momentum and both norms' epsilon (PyTorch's
         defaults, 0.1 and 1e-5).
+    precision : {"fp32", "bf16"}
+        "bf16": mixed precision as ``torch.autocast(device_type="cpu", dtype=torch.bfloat16)``
+        with float32 parameters: the matrix products take bfloat16 operands (the weights
+        rounded once per step, each layer's input and gradient once) and accumulate in
+        float32; weights, activations, losses and optimizer state stay float32. Needs oneDNN
+        (``pip install 'fastbp[bf16]'``) and a CPU with AMX-BF16 or AVX512-BF16; elsewhere the
+        network computes in float32 and says so in a RuntimeWarning (``compute_precision``
+        tells which). float32 networks only.
     """
 
     def __init__(self, layer_sizes, activation="relu", output="softmax", loss=None,
                  dtype=np.float32, seed=0, dropout=0.0, init="auto", norm=None, norm_momentum=0.1,
-                 norm_eps=1e-5):
+                 norm_eps=1e-5, precision="fp32"):
         self._configure(layer_sizes, activation, output, loss, dtype, seed, dropout, init, norm, norm_momentum,
-                        norm_eps)
+                        norm_eps, precision)
         self._allocate()
 
     @classmethod
@@ -86,6 +96,18 @@ class Network:
         self._norm_codes = [NORMS[v] for v in self.norm]
         self._param_offs, self._n_flat = _buffers.param_layout(self.layer_sizes, self.dtype, self._norm_codes)
         self._state_offs, self._n_state = _buffers.state_layout(self.layer_sizes, self._norm_codes, self.dtype)
+        self._bf16 = self.precision == "bf16"
+        if self._bf16:
+            ok, why = bf16_support()
+            if not ok:
+                warnings.warn(f"precision='bf16' computes in float32 here: {why}", RuntimeWarning, stacklevel=3)
+                self._bf16 = False
+
+    @property
+    def compute_precision(self):
+        """The precision of the matrix products: "bf16", or "fp32" (also where bf16 was asked
+        for but this machine cannot run it at speed)."""
+        return "bf16" if self._bf16 else "fp32"
 
     def _allocate(self):
         """The buffers, generators and initial weights of a configured network."""
@@ -152,10 +174,11 @@ class Network:
         return [v[:2] for v in self._views(self.params)]
 
     def _new_workspace(self, batch_size):
-        layout, fpar, (g0, g1), size = _buffers.build_layout(
+        layout, fpar, (g0, g1, p16, dz16), size = _buffers.build_layout(
             self.layer_sizes, self._act_codes, self._alphas, self.dropout, self._param_offs,
-            batch_size, self.dtype, self._norm_codes, (self.norm_momentum, self.norm_eps), self._state_offs)
-        meta = np.array([self._loss_code, g0, g1], np.int64)
+            batch_size, self.dtype, self._norm_codes, (self.norm_momentum, self.norm_eps), self._state_offs,
+            self._n_flat, self._bf16)
+        meta = np.array([self._loss_code, g0, g1, K.BF16 if self._bf16 else K.FP32, p16, dz16], np.int64)
         return _buffers.aligned_zeros(size, self.dtype), layout, fpar, meta
 
     def _workspace(self, batch_size):
@@ -175,6 +198,8 @@ class Network:
         extra = ""
         if any(self.norm):
             extra = f", norm={self.norm[0] if len(set(self.norm)) == 1 else self.norm!r}"
+        if self.precision != "fp32":
+            extra += f", precision={self.precision!r}"
         return (f"Network({self.layer_sizes}, activation={acts!r}, output={self.output!r}, "
                 f"loss={self.loss!r}, dtype={self.dtype.name}{extra})")
 
@@ -467,7 +492,7 @@ class Network:
         return {"layer_sizes": self.layer_sizes, "activation": self.activations, "output": self.output,
                 "loss": self.loss, "dtype": self.dtype.name, "seed": self.seed, "dropout": self.dropout,
                 "init": self.init, "norm": self.norm, "norm_momentum": self.norm_momentum,
-                "norm_eps": self.norm_eps}
+                "norm_eps": self.norm_eps, "precision": self.precision}
 
     def save(self, path):
         """Write architecture, weights, norm statistics, generator states and optimizer state

@@ -9,7 +9,7 @@ import sys
 import tempfile
 import time
 
-from .peers import PEER_MODULES, PEERS, available
+from .peers import BF16_PEERS, PEER_MODULES, PEERS, available
 from .report import LOSS_RTOL, fmt_rate, machine_info, plot, print_table, summarise
 from .timing import PROBE_N, PROBE_N_QUICK, PROBE_SLOW, fmt_gflops, machine_probe, slow_rounds, starved
 from .worker import run_worker, worker, write_data
@@ -27,10 +27,18 @@ def parse_list(values, allowed, what):
 
 def driver(args):
     workloads = parse_list(args.workload, WORKLOADS, "workload") or list(WORKLOADS)
-    asked = parse_list([args.peers] if args.peers else None, PEERS, "peer") or list(PEERS)
+    default = {"fp32": [p for p in PEERS if p not in BF16_PEERS], "both": list(PEERS),
+               "bf16": ["fastbp", "torch-fused", "sgemm"] + list(BF16_PEERS)}[args.precision]
+    asked = parse_list([args.peers] if args.peers else None, PEERS, "peer") or default
     peers = [p for p in PEERS if p in asked]
     notes = [f"{p} skipped: {PEER_MODULES[p]} is not installed" for p in peers if not available(p)]
     peers = [p for p in peers if available(p)]
+    import fastbp as fb
+    ok16, why16 = fb.bf16_support()
+    if "fastbp-bf16" in peers and not ok16:
+        notes.append(f"fastbp-bf16 skipped: {why16}")
+        peers.remove("fastbp-bf16")
+    ref = "fastbp-bf16" if args.precision != "fp32" and "fastbp-bf16" in peers else "fastbp"
     info = machine_info(args.threads)
     print(f"fastbp.bench  {info['date']}  {info['cpu']}, {info['cores']} cores "
           f"({info['cores_available']} available), {args.threads} thread(s), pinned to the first "
@@ -42,6 +50,7 @@ def driver(args):
           f"1 warm-up epoch then {args.epochs} timed epoch(s); no shuffling: every peer trains on the "
           f"same batches in the same order from the same initial weights"
           + ("; QUICK mode (tiny data)" if args.quick else ""))
+    print(f"  bf16: {why16}" + (f"; the ratio column is {ref}/peer" if ref != "fastbp" else ""))
     print("  GFLOP/s = 6 x weights x samples/s; fastbp/peer = median over rounds of the per-round "
           "ratio (> 1: fastbp faster); loss = mean batch loss of the warm-up (1st) and last epoch;\n"
           "  predict/s = predict_proba over all of X in chunks of fastbp's PREDICT_BATCH; cpu/wall = CPU "
@@ -77,7 +86,7 @@ def driver(args):
                     print(f"[{name} round {rnd}/{args.rounds}] {p}: {what} ({time.perf_counter() - t0:.1f} s{probe})",
                           file=sys.stderr, flush=True)
             os.unlink(data)
-            s = summarise(name, results, peers)
+            s = summarise(name, results, peers, ref)
             print_table(s, [])
             sys.stdout.flush()
             all_results += results
@@ -133,6 +142,9 @@ def main(argv=None):
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workload", action="append", help="name or comma list, repeatable (default: all four)")
     ap.add_argument("--peers", help=f"comma list, a subset of {','.join(PEERS)} (default: all installed)")
+    ap.add_argument("--precision", choices=("fp32", "bf16", "both"), default="fp32",
+                    help="fp32: the float32 peers; bf16: fastbp-bf16 and torch-bf16 (autocast, fused Adam) beside "
+                         "fastbp and torch-fused (the ratio column is then fastbp-bf16/peer); both: every peer")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=1, help="timed epochs after the warm-up epoch")

@@ -10,8 +10,11 @@ import numpy as np
 from .timing import batches, gemm_rate, limit_blas_threads, time_predict, time_training
 from .workloads import BETAS, EPS, make_network
 
-PEERS = ("fastbp", "torch", "torch-fused", "jax", "sklearn", "numpy", "sgemm")
-PEER_MODULES = {"torch": "torch", "torch-fused": "torch", "jax": "jax", "sklearn": "sklearn"}
+PEERS = ("fastbp", "torch", "torch-fused", "jax", "sklearn", "numpy", "sgemm", "fastbp-bf16", "torch-bf16")
+PEER_MODULES = {"torch": "torch", "torch-fused": "torch", "jax": "jax", "sklearn": "sklearn", "torch-bf16": "torch"}
+# the bf16 mixed-precision peers (``--precision bf16``): fastbp with Network(precision="bf16"), and
+# torch under torch.autocast("cpu", torch.bfloat16) with float32 parameters and fused Adam/SGD
+BF16_PEERS = ("fastbp-bf16", "torch-bf16")
 
 
 def available(peer):
@@ -19,11 +22,13 @@ def available(peer):
     return mod is None or importlib.util.find_spec(mod) is not None
 
 
-def run_fastbp(spec, X, y, weights, threads, epochs):
+def run_fastbp(spec, X, y, weights, threads, epochs, precision="fp32"):
     import fastbp as fb
     from fastbp.network import PREDICT_BATCH
     fb.set_num_threads(threads)  # the one knob: no thread environment variables for fastbp
-    net, opt = make_network(spec)
+    net, opt = make_network(spec, precision)
+    if net.compute_precision != precision:
+        raise RuntimeError(f"precision={precision!r} is not available here: {fb.bf16_support()[1]}")
     net.set_weights(weights)
 
     def run_epoch():
@@ -33,11 +38,13 @@ def run_fastbp(spec, X, y, weights, threads, epochs):
     out["predict_samples_per_s"] = time_predict(lambda: net.predict_proba(X), X.shape[0])
     out["predict_batch"] = PREDICT_BATCH
     out["library"] = {"fastbp": fb.__version__, "blas": fb.BLAS_INFO.get("provider"),
-                      "numba_threads": fb.get_num_threads()}
+                      "numba_threads": fb.get_num_threads(), "precision": net.compute_precision}
+    if precision == "bf16":
+        out["library"]["bf16_provider"] = fb.BLAS_INFO.get("bf16_provider")
     return out
 
 
-def run_torch(spec, X, y, weights, threads, epochs, fused=False):
+def run_torch(spec, X, y, weights, threads, epochs, fused=False, bf16=False):
     import torch
     from fastbp.network import PREDICT_BATCH
     torch.set_num_threads(threads)
@@ -67,7 +74,8 @@ def run_torch(spec, X, y, weights, threads, epochs, fused=False):
         total = 0.0
         for i, j in spans:
             opt.zero_grad(set_to_none=True)
-            loss = crit(model(Xt[i:j]), yt[i:j])
+            with torch.autocast(device_type="cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss = crit(model(Xt[i:j]), yt[i:j])   # (autocast runs the loss itself in float32)
             loss.backward()
             opt.step()
             total += loss.item() * (j - i)
@@ -78,15 +86,16 @@ def run_torch(spec, X, y, weights, threads, epochs, fused=False):
     res = torch.empty(n, spec["layers"][-1])
 
     def predict():  # the same chunking as fastbp's predict_proba
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast(device_type="cpu", dtype=torch.bfloat16, enabled=bf16):
             for i in range(0, n, PREDICT_BATCH):
-                z = model(Xt[i:i + PREDICT_BATCH])
+                z = model(Xt[i:i + PREDICT_BATCH]).float()
                 res[i:i + PREDICT_BATCH] = torch.softmax(z, dim=1) if classify else z
 
     out["predict_samples_per_s"] = time_predict(predict, n)
     out["predict_batch"] = PREDICT_BATCH
     out["library"] = {"torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-                      "optimizer_impl": "fused" if fused else "default (for-loop on CPU)"}
+                      "optimizer_impl": "fused" if fused else "default (for-loop on CPU)",
+                      "autocast": "bf16" if bf16 else None}
     return out
 
 
@@ -306,4 +315,6 @@ def run_sgemm(spec, X, y, weights, threads, epochs, quick=False):
 
 RUNNERS = {"fastbp": run_fastbp, "torch": run_torch,
            "torch-fused": lambda *a: run_torch(*a, fused=True), "jax": run_jax,
-           "sklearn": run_sklearn, "numpy": run_numpy, "sgemm": run_sgemm}
+           "sklearn": run_sklearn, "numpy": run_numpy, "sgemm": run_sgemm,
+           "fastbp-bf16": lambda *a: run_fastbp(*a, precision="bf16"),
+           "torch-bf16": lambda *a: run_torch(*a, fused=True, bf16=True)}

@@ -40,15 +40,16 @@ def machine_info(threads):
             "load_average": [round(x, 2) for x in os.getloadavg()]}
 
 
-def summarise(name, results, peers):
-    """Per peer: median/min/max samples/s, the median per-round ratio fastbp/peer and the loss check."""
+def summarise(name, results, peers, reference="fastbp"):
+    """Per peer: median/min/max samples/s, the median per-round ratio ``reference``/peer (fastbp or
+    fastbp-bf16) and the loss check."""
     spec = WORKLOADS[name]
     rows = {}
     by_peer = {p: [r for r in results if r["peer"] == p] for p in peers}
     ref_peer = next((p for p in ("fastbp", "numpy", "torch") if any(r.get("ok") for r in by_peer.get(p, []))),
                     None)
     ref = {r["round"]: r for r in by_peer.get(ref_peer, []) if r.get("ok")}
-    fb_rounds = {r["round"]: r for r in by_peer.get("fastbp", []) if r.get("ok")}
+    fb_rounds = {r["round"]: r for r in by_peer.get(reference, []) if r.get("ok")}
     for p in peers:
         ok = [r for r in by_peer[p] if r.get("ok")]
         row = {"peer": p, "runs": len(by_peer[p]), "errors": [r["error"] for r in by_peer[p] if not r.get("ok")]}

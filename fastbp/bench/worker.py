@@ -75,7 +75,7 @@ def worker_env(peer, threads):
     env = dict(os.environ)
     for v in THREAD_VARS:
         env.pop(v, None)
-    if peer != "fastbp":  # fastbp gets no thread variables: fb.set_num_threads is its only knob
+    if not peer.startswith("fastbp"):  # fastbp gets no thread variables: fb.set_num_threads is its only knob
         env.update({v: str(threads) for v in THREAD_VARS})
     if peer == "jax":
         env["JAX_PLATFORMS"] = "cpu"

@@ -43,11 +43,11 @@ def make_data(name, quick=False, seed=1234):
     return make_teacher(n, d, k, "classification" if spec["loss"] == "cross_entropy" else "regression", seed)
 
 
-def make_network(spec):
+def make_network(spec, precision="fp32"):
     """The workload's fastbp network (float32, seed 0) and a fresh optimizer for it."""
     import fastbp as fb
     net = fb.Network(spec["layers"], activation=spec["activation"], output=spec["output"],
-                     loss=spec["loss"], dtype=np.float32, seed=0)
+                     loss=spec["loss"], dtype=np.float32, seed=0, precision=precision)
     opt = (fb.Adam(lr=spec["lr"], betas=BETAS, eps=EPS) if spec["optimizer"] == "adam"
            else fb.SGD(lr=spec["lr"], momentum=spec["momentum"]))
     return net, opt

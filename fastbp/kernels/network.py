@@ -12,12 +12,15 @@ they are compiled once per dtype for every network.
     Z, A, D, M offsets (in ws; each slot holds batch_size * n_out values),
     norm code, gamma and beta offsets (params), XH, MU, RS offsets (ws),
     running mean and variance offsets (nstate), end of the layer's parameters,
-    and whether dX = dZ W^T is computed from a copy of W^T (_blas.dx_via_transpose).
+    whether dX = dZ W^T is computed from a copy of W^T (_blas.dx_via_transpose),
+    and (bf16 networks) the offset of the bf16 copy of the layer's input in ws viewed as uint16.
 Z == A for activations that run in place, D == A for layers without dropout.
 The output layer's A is the prediction P (never aliasing its Z). A layer's
 parameters (W, b, and gamma, beta with a norm) span [W offset, end).
 ``fpar`` (n_layers, 4) float64: activation alpha, dropout probability, norm momentum, norm eps.
-``meta`` int64: loss code, offsets of the two gradient ping-pong slots.
+``meta`` int64: loss code, offsets of the two gradient ping-pong slots, the precision of the
+matrix products (FP32 or BF16: see precision.py) and, for BF16, the offsets (in ws viewed as
+uint16) of the bf16 copy of params and of the bf16 copy of a layer's dZ.
 ``nstate``: the norm layers' running statistics (not trained, not in params).
 ``sw``: per-row sample weights, or an empty array (see losses.py).
 ``ctl`` float64: clip norm (0: off), track gradient health (0/1), L2 alpha
@@ -28,19 +31,21 @@ with s the batch's total sample weight: its row count when unweighted).
 import numpy as np
 from numba import njit
 
-from .._blas import gemm, transpose
+from .._blas import gemm, gemm_bf16, transpose
 from .._config import INLINE, JIT, compile_locked
 from .losses import _inv_total, correct_count
 from .norm import NO_NORM
 from .optim import all_finite, diff_sq_sum, sq_sum
+from .precision import to_bf16
 from .table import (ACT_B, ACT_F, DROP_B, DROP_F, ITEMSIZE, LOSS_B, LOSS_F, NORM_B, NORM_F, NORM_U, OPT_U, OUT_F,
                     call_act_b, call_act_f, call_drop_b, call_drop_f, call_loss_b, call_loss_f, call_norm_b,
                     call_norm_f, call_norm_u, call_opt_u, call_out_f)
 
 (N_IN, N_OUT, W_OFF, B_OFF, ACT, Z_OFF, A_OFF, D_OFF, M_OFF, NORM, G_OFF, BE_OFF, XH_OFF, MU_OFF, RS_OFF,
- RM_OFF, RV_OFF, P_END, WT) = range(19)
-N_COLS = 19
-LOSS, G0_OFF, G1_OFF = range(3)
+ RM_OFF, RV_OFF, P_END, WT, X16_OFF) = range(20)
+N_COLS = 20
+LOSS, G0_OFF, G1_OFF, PREC, P16_OFF, DZ16_OFF = range(6)
+FP32, BF16 = 0, 1
 ALPHA, DROP, MOMENTUM, EPS = range(4)
 CLIP, TRACK, L2 = range(3)
 
@@ -66,8 +71,60 @@ def vec(buf, off, k):
     return buf[off:off + k]
 
 
+@njit(**JIT)
+def bf16_params(ws, params, meta):
+    # a bf16 network's bf16 copy of its parameters (once per step and per inference call)
+    if meta[PREC] == BF16:
+        P = params.shape[0]
+        to_bf16(view2(ws.view(np.uint16), meta[P16_OFF], 1, P), view2(params, 0, 1, P))
+
+
+@njit(**JIT)
+def forward_product(ws, layout, meta, l, inp, W, Z, n):
+    # Z = inp W for layer l; with BF16 from the bf16 copies (the input's is kept for dW)
+    if meta[PREC] == BF16:
+        w16 = ws.view(np.uint16)
+        n_in, n_out = layout[l, N_IN], layout[l, N_OUT]
+        X16 = view2(w16, layout[l, X16_OFF], n, n_in)
+        to_bf16(X16, inp)
+        gemm_bf16(False, False, X16, view2(w16, meta[P16_OFF] + layout[l, W_OFF], n_in, n_out), 0.0, Z)
+    else:
+        gemm(False, False, 1.0, inp, W, 0.0, Z)
+
+
+@njit(**JIT)
+def backward_products(ws, grads, layout, meta, l, dZ, W, inp, dA, dW, c):
+    # layer l's dX = dZ W^T (into dA, unless it has no rows) and dW = inp^T dZ + c W (c: the L2 term, or 0)
+    n, k = dZ.shape
+    n_in = layout[l, N_IN]
+    bf16 = meta[PREC] == BF16
+    w16 = ws.view(np.uint16)
+    dZ16 = view2(w16, meta[DZ16_OFF] if bf16 else 0, n if bf16 else 0, k)
+    if bf16:
+        to_bf16(dZ16, dZ)
+    if dA.shape[0] > 0:
+        if bf16:
+            gemm_bf16(False, True, dZ16, view2(w16, meta[P16_OFF] + layout[l, W_OFF], n_in, k), 0.0, dA)
+        elif layout[l, WT] > 0:
+            # W^T goes to the dW slot, which is written only after this
+            WT_ = view2(grads, layout[l, W_OFF], k, n_in)
+            transpose(W, WT_)
+            gemm(False, False, 1.0, dZ, WT_, 0.0, dA)       # dX = dZ (W^T)
+        else:
+            gemm(False, True, 1.0, dZ, W, 0.0, dA)          # dX = dZ W^T
+    if c > 0.0:
+        for i in range(n_in):
+            for j in range(k):
+                dW[i, j] = c * W[i, j]
+    beta = 1.0 if c > 0.0 else 0.0
+    if bf16:
+        gemm_bf16(True, False, view2(w16, layout[l, X16_OFF], n, n_in), dZ16, beta, dW)
+    else:
+        gemm(True, False, 1.0, inp, dZ, beta, dW)         # dW = X^T dZ (+ c W)
+
+
 @njit(**INLINE)
-def hidden_forward(kt, params, nstate, ws, layout, fpar, X, n, training, rng):
+def hidden_forward(kt, params, nstate, ws, layout, fpar, meta, X, n, training, rng):
     # X (n, n_in0) -> returns the (n, n_out) input of the output layer (a view into ws)
     inp = X
     for l in range(layout.shape[0] - 1):
@@ -75,7 +132,7 @@ def hidden_forward(kt, params, nstate, ws, layout, fpar, X, n, training, rng):
         W, b = layer_params(params, layout, l)
         Z = view2(ws, layout[l, Z_OFF], n, k)
         A = view2(ws, layout[l, A_OFF], n, k)
-        gemm(False, False, 1.0, inp, W, 0.0, Z)               # Z = X W
+        forward_product(ws, layout, meta, l, inp, W, Z, n)    # Z = X W
         norm = layout[l, NORM]
         if norm != NO_NORM:
             call_norm_f(kt[l, NORM_F], Z, view2(ws, layout[l, XH_OFF], n, k), vec(ws, layout[l, MU_OFF], max(n, 2 * k)),
@@ -98,13 +155,14 @@ def hidden_forward(kt, params, nstate, ws, layout, fpar, X, n, training, rng):
 @njit(**INLINE)
 def loss_forward_all(kt, params, nstate, ws, layout, fpar, meta, X, T, labels, use_labels, sw, n, training, rng):
     # forward through every layer and the loss; returns the (weighted) mean loss of the n rows
-    inp = hidden_forward(kt, params, nstate, ws, layout, fpar, X, n, training, rng)
+    bf16_params(ws, params, meta)
+    inp = hidden_forward(kt, params, nstate, ws, layout, fpar, meta, X, n, training, rng)
     L = layout.shape[0] - 1
     k = layout[L, N_OUT]
     W, b = layer_params(params, layout, L)
     Z = view2(ws, layout[L, Z_OFF], n, k)
     P = view2(ws, layout[L, A_OFF], n, k)
-    gemm(False, False, 1.0, inp, W, 0.0, Z)
+    forward_product(ws, layout, meta, L, inp, W, Z, n)
     return call_loss_f(kt[-1, LOSS_F], P, Z, b, T, labels, use_labels, sw)
 
 
@@ -145,24 +203,9 @@ def backward_all(kt, grads, params, ws, layout, fpar, meta, X, T, labels, use_la
         n_in = layout[l, N_IN]
         W, _ = layer_params(params, layout, l)
         dW, _ = layer_params(grads, layout, l)
-        if l > 0:
-            dA = view2(ws, other, n, n_in)
-            if layout[l, WT] > 0:
-                # W^T goes to the dW slot, which is written only after this
-                WT_ = view2(grads, layout[l, W_OFF], layout[l, N_OUT], n_in)
-                transpose(W, WT_)
-                gemm(False, False, 1.0, dZ, WT_, 0.0, dA)       # dX = dZ (W^T)
-            else:
-                gemm(False, True, 1.0, dZ, W, 0.0, dA)          # dX = dZ W^T
+        dA = view2(ws, other, n if l > 0 else 0, n_in)       # (layer 0 has no dX)
         inp = X if l == 0 else view2(ws, layout[l - 1, D_OFF], n, n_in)
-        if l2 > 0.0:
-            c = l2 * _inv_total(sw, n)
-            for i in range(n_in):
-                for j in range(dW.shape[1]):
-                    dW[i, j] = c * W[i, j]
-            gemm(True, False, 1.0, inp, dZ, 1.0, dW)          # dW = X^T dZ + alpha/s W
-        else:
-            gemm(True, False, 1.0, inp, dZ, 0.0, dW)          # dW = X^T dZ
+        backward_products(ws, grads, layout, meta, l, dZ, W, inp, dA, dW, l2 * _inv_total(sw, n) if l2 > 0.0 else 0.0)
         if l == 0:
             break
         h = l - 1
@@ -302,15 +345,16 @@ def loss_all(kt, params, nstate, ws, layout, fpar, meta, rng, X, T, labels, use_
     k = layout[L, N_OUT]
     W, b = layer_params(params, layout, L)
     weighted = sw.shape[0] != 0
+    bf16_params(ws, params, meta)
     total = 0.0
     wtotal = 0.0
     for s in range(0, N, batch_size):
         e = min(N, s + batch_size)
         n = e - s
-        inp = hidden_forward(kt, params, nstate, ws, layout, fpar, X[s:e], n, False, rng)
+        inp = hidden_forward(kt, params, nstate, ws, layout, fpar, meta, X[s:e], n, False, rng)
         Z = view2(ws, layout[L, Z_OFF], n, k)
         P = view2(ws, layout[L, A_OFF], n, k)
-        gemm(False, False, 1.0, inp, W, 0.0, Z)
+        forward_product(ws, layout, meta, L, inp, W, Z, n)
         if with_loss:
             wb = sw[s:e] if weighted else sw
             wsum = 0.0
