@@ -197,7 +197,7 @@ def _fallback_gemm16(transa, transb, m, n, k, alpha, pa, lda, pb, ldb, beta, pc,
             for p in range(k):
                 a = A[p, i] if transa == 84 else A[i, p]
                 b = B[j, p] if transb == 84 else B[p, j]
-                s += bits_f32(np.uint32(a) << np.uint32(16)) * bits_f32(np.uint32(b) << np.uint32(16))
+                s += bits_f32(np.uint32(np.uint32(a) << np.uint32(16))) * bits_f32(np.uint32(np.uint32(b) << np.uint32(16)))
             C[i, j] = alpha * s + (np.float32(0.0) if beta == 0.0 else beta * C[i, j])
     return 0
 

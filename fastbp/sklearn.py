@@ -147,6 +147,7 @@ class _BaseMLP(BaseEstimator):
         "dtype": [None, StrOptions({"float32", "float64"}), Options(type, {np.float32, np.float64})],
         "n_threads": [None, Interval(Integral, 1, None, closed="left")],
         "dropout": [Interval(Real, 0, 1, closed="left")],
+        "precision": [StrOptions({"fp32", "bf16"})],
     }
 
     # ---- network ---------------------------------------------------------------------------
@@ -156,7 +157,7 @@ class _BaseMLP(BaseEstimator):
     def _make_network(self, layer_units, dtype, seed):
         output, loss = _OUTPUTS[self.out_activation_]
         return Network(layer_units, activation=self.activation, output=output, loss=loss, dtype=dtype,
-                       seed=seed, dropout=self.dropout)
+                       seed=seed, dropout=self.dropout, precision=self.precision)
 
     def _bind_views(self):
         layers = self._net.layers
@@ -199,7 +200,7 @@ class _BaseMLP(BaseEstimator):
         n_hidden = len(net.layer_sizes) - 2
         want_acts = [ACTIVATION_ALIASES.get(self.activation, self.activation)] * n_hidden
         want_drop = [float(self.dropout)] * n_hidden
-        if want_acts != net.activations or want_drop != net.dropout:
+        if want_acts != net.activations or want_drop != net.dropout or self.precision != net.precision:
             new = self._make_network(net.layer_sizes, net.dtype, net.seed)
             new.params[...] = net.params
             new._rng[...] = net._rng
@@ -284,6 +285,8 @@ class _BaseMLP(BaseEstimator):
         if not first_pass and getattr(self, "_net", None) is not None:
             return self._net.dtype.type
         if self.dtype is None:
+            if self.precision == "bf16":
+                return np.float32             # mixed precision is for float32 networks
             return (np.float64, np.float32)   # float32 stays float32; anything else becomes float64
         return np.dtype(self.dtype).type
 
@@ -724,6 +727,11 @@ _DOC_COMMON = """
         setting (``fastbp.set_num_threads``).
     dropout : float, default=0.0
         fastbp only. Inverted dropout on every hidden layer during 'sgd'/'adam' training.
+    precision : {'fp32', 'bf16'}, default='fp32'
+        fastbp only. 'bf16': bfloat16 matrix products with float32 accumulation and float32
+        weights (``fastbp.Network``'s ``precision``); the network is then float32 (dtype None
+        or 'float32'). Falls back to float32 with a RuntimeWarning where the machine cannot run
+        it (``fastbp.bf16_support()``).
 
     Attributes
     ----------
@@ -747,7 +755,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                  batch_size="auto", learning_rate="constant", learning_rate_init=0.001, power_t=0.5, max_iter=200,
                  shuffle=True, random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1, beta_1=0.9, beta_2=0.999,
-                 epsilon=1e-8, n_iter_no_change=10, max_fun=15000, dtype=None, n_threads=None, dropout=0.0):
+                 epsilon=1e-8, n_iter_no_change=10, max_fun=15000, dtype=None, n_threads=None, dropout=0.0,
+                 precision="fp32"):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.solver = solver
@@ -774,6 +783,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         self.dtype = dtype
         self.n_threads = n_threads
         self.dropout = dropout
+        self.precision = precision
 
     loss = "log_loss"   # scikit-learn's classifier has this fixed attribute (not a parameter)
 
@@ -870,7 +880,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
                  max_iter=200, shuffle=True, random_state=None, tol=1e-4, verbose=False, warm_start=False,
                  momentum=0.9, nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1, beta_1=0.9,
                  beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000, dtype=None, n_threads=None,
-                 dropout=0.0):
+                 dropout=0.0, precision="fp32"):
         self.loss = loss
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
@@ -898,6 +908,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         self.dtype = dtype
         self.n_threads = n_threads
         self.dropout = dropout
+        self.precision = precision
 
     def _score_function(self, y, y_pred, sample_weight=None):
         return r2_score(y, y_pred, sample_weight=sample_weight)

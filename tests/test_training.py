@@ -258,9 +258,12 @@ def _nrt_allocs():
     return rtsys.get_allocation_stats().alloc
 
 
-def test_steady_state_training_allocates_nothing(rng):
+@pytest.mark.parametrize("precision", ["fp32", pytest.param("bf16", marks=pytest.mark.skipif(
+    not fb.bf16_support()[0], reason=f"bf16 cannot run here: {fb.bf16_support()[1]}"))])
+def test_steady_state_training_allocates_nothing(rng, precision):
     X, y = make_data(rng, 4000, 32, 10, "cross_entropy", np.float32)
-    net = fb.Network([32, 128, 128, 10], seed=0, dropout=[0.1, 0.0])
+    net = fb.Network([32, 128, 128, 10], seed=0, dropout=[0.1, 0.0], precision=precision)
+    assert net.compute_precision == precision
     opt = fb.Adam()
 
     def run_epoch(n_rows):

@@ -72,7 +72,7 @@ def build(cfg, data, ctx):
     net = _make("model", Network, dict(
         layer_sizes=sizes, activation=m["activation"], output=output, loss=m["loss"], dtype=m["dtype"],
         seed=t["seed"], dropout=m["dropout"], init=m["init"], norm=None if m["norm"] == "none" else m["norm"],
-        norm_momentum=m["norm_momentum"], norm_eps=m["norm_eps"]), ctx, keys=m)
+        norm_momentum=m["norm_momentum"], norm_eps=m["norm_eps"], precision=m["precision"]), ctx, keys=m)
     o = dict(cfg["optimizer"])
     name = o.pop("name")
     if "betas" in o:

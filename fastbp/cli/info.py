@@ -10,7 +10,7 @@ import sys
 import numpy as np
 
 CPU_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512dq", "avx512bw", "avx512vl",
-             "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "asimd", "sve")
+             "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "asimd", "sve")
 
 
 def _version(dist):
@@ -85,7 +85,8 @@ def collect_info():
         "versions": {"fastbp": fb.__version__, "python": platform.python_version(), "numpy": np.__version__,
                      "numba": numba.__version__, "llvmlite": _version("llvmlite"),
                      "scikit-learn": _version("scikit-learn"), "torch": _version("torch"), "tqdm": _version("tqdm"),
-                     "matplotlib": _version("matplotlib")},
+                     "matplotlib": _version("matplotlib"),
+                     "onednn": _version("onednn-cpu-gomp")},
         "python": {"implementation": platform.python_implementation(), "executable": sys.executable,
                    "platform": platform.platform()},
         "threads": {"fastbp (BLAS)": fb.get_num_threads(), "numba": numba.get_num_threads(),
@@ -99,11 +100,12 @@ def collect_info():
         "cpu": {"model": model, "llvm_target": host,
                 "features": [f for f in CPU_FLAGS if flags and f in flags],
                 "missing": [f for f in CPU_FLAGS if flags is not None and f not in flags
-                            and f not in ("asimd", "sve", "amx_tile", "avx512_fp16")]},
+                            and f not in ("asimd", "sve", "amx_tile", "amx_bf16", "avx512_fp16")]},
+        "bf16": dict(zip(("available", "why"), fb.bf16_support()), onednn=_version("onednn-cpu-gomp")),
         "numba_cache": {"dir": cache or os.path.join(pkg, "__pycache__"),
                         "where": "NUMBA_CACHE_DIR" if cache else "next to the sources (NUMBA_CACHE_DIR unset)",
                         "disabled": bool(numba.config.DISABLE_JIT)},
-        "env": {k: os.environ[k] for k in ("FASTBP_BLAS", "FASTBP_DATA", "NUMBA_NUM_THREADS", "NUMBA_CACHE_DIR",
+        "env": {k: os.environ[k] for k in ("FASTBP_BLAS", "FASTBP_BF16", "FASTBP_DATA", "NUMBA_NUM_THREADS", "NUMBA_CACHE_DIR",
                                            "NUMBA_THREADING_LAYER", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")
                 if k in os.environ},
     }
@@ -121,6 +123,9 @@ def cmd_info(args):
     b = info["blas"]
     print(f"BLAS:      {b.get('provider')}" + (f", {b['library']}" if b.get("library") else "")
           + (f" ({b['config'].strip()})" if b.get("config") else ""))
+    bf = info["bf16"]
+    print(f"bf16:      precision='bf16' " + ("runs here: " if bf["available"] else "falls back to float32 here: ")
+          + bf["why"])
     th = info["threads"]
     print(f"threads:   fastbp.get_num_threads() = {th['fastbp (BLAS)']} (BLAS); numba {th['numba']} of "
           f"NUMBA_NUM_THREADS {th['NUMBA_NUM_THREADS']}; {th['cores_available']} of {th['cpu_count']} cores "
