@@ -29,6 +29,31 @@ class TrainStep:
         self.net.train_step(self.X, self.y, self.opt)
 
 
+class TrainStepPrecision:
+    """One Network.train_step with float32 or bf16 matrix products (Network(precision=...)).
+    Skipped where bf16 cannot run (no oneDNN or no BF16 CPU: fastbp.bf16_support()) and on
+    commits before it existed."""
+    params = [["mnist", "wide"], ["fp32", "bf16"]]
+    param_names = ["workload", "precision"]
+
+    def setup(self, workload, precision):
+        import fastbp as fb
+        support = getattr(fb, "bf16_support", None)
+        if support is None:
+            raise NotImplementedError("this fastbp has no precision option")
+        if precision == "bf16" and not support()[0]:
+            raise NotImplementedError(f"bf16 cannot run here: {support()[1]}")
+        use_threads()
+        spec = WORKLOADS[workload]
+        X, y = make_data(workload, quick=True)
+        self.X, self.y = X[:spec["batch"]], y[:spec["batch"]]
+        self.net, self.opt = make_network(spec, precision)
+        self.net.train_step(self.X, self.y, self.opt)
+
+    def time_train_step(self, workload, precision):
+        self.net.train_step(self.X, self.y, self.opt)
+
+
 class Epoch:
     """One Network.fit epoch over 8192 samples (shuffled, the workload's batch size)."""
     params = [NAMES]
