@@ -224,6 +224,15 @@ def cpu_bf16():
     return [f for f in ("amx-bf16", "avx512bf16") if feats.get(f, False)]
 
 
+def _omp_fallbacks():
+    # no OpenMP runtime: oneDNN is absent too, so nothing is threaded by OpenMP
+    f = cfunc(types.void(types.int32), **JIT)(lambda n: None)
+    g = cfunc(types.int32(), **JIT)(lambda: np.int32(1))
+    llvm.add_symbol("fastbp_omp_set_num_threads", f.address)
+    llvm.add_symbol("fastbp_omp_get_max_threads", g.address)
+    _KEEP.extend((f, g))
+
+
 def _setup_bf16():
     info = {"bf16_provider": None, "bf16_library": None, "bf16_cpu": cpu_bf16()}
     found = _find_onednn()
@@ -236,20 +245,31 @@ def _setup_bf16():
             omp = ctypes.CDLL("libgomp.so.1")
             set_omp = omp.omp_set_num_threads
             set_omp.argtypes = [ctypes.c_int]
+            llvm.add_symbol("fastbp_omp_set_num_threads", _address(omp.omp_set_num_threads))
+            llvm.add_symbol("fastbp_omp_get_max_threads", _address(omp.omp_get_max_threads))
         except (OSError, AttributeError):
             set_omp = None
+            _omp_fallbacks()
     else:
         sig = _gemm16_sig()
         u16, f32 = types.CPointer(types.uint16), types.CPointer(types.float32)
         f = cfunc(types.int32(*sig.args[:6], u16, _i64, u16, _i64, types.float32, f32, _i64), **JIT)(_fallback_gemm16)
         llvm.add_symbol("fastbp_gemm_bf16", f.address)
         _KEEP.append(f)
+        _omp_fallbacks()
     return info, set_omp
 
 
 _bf16_info, _set_omp_threads = _setup_bf16()
 BLAS_INFO.update(_bf16_info)
 _gemm16 = types.ExternalFunction("fastbp_gemm_bf16", _gemm16_sig())
+_omp_set = types.ExternalFunction("fastbp_omp_set_num_threads", types.void(types.int32))
+_omp_get = types.ExternalFunction("fastbp_omp_get_max_threads", types.int32())
+# bf16 products below this m*n*k run on one thread: oneDNN would start its OpenMP team for any
+# size (OpenBLAS keeps small products on one thread itself), and on small layers two threads
+# cost more than they give: at 2 threads the `small` and `regress` workloads trained at 0.83x
+# and 0.59x of float32 that way, with cpu/wall 2.0
+BF16_SERIAL_MNK = 1 << 22
 
 
 def bf16_support():
@@ -276,9 +296,16 @@ def gemm_bf16(trans_a, trans_b, A, B, beta, C):
             for j in range(n):
                 C[i, j] = 0.0 if beta == 0.0 else beta * C[i, j]
         return
+    nt = np.int32(1)
+    if m * n * k < BF16_SERIAL_MNK:
+        nt = _omp_get()
+        if nt > 1:
+            _omp_set(np.int32(1))
     _gemm16(np.int8(84 if trans_a else 78), np.int8(84 if trans_b else 78), m, n, k, np.float32(1.0),
             A.ctypes.data, max(1, A.shape[1]), B.ctypes.data, max(1, B.shape[1]), np.float32(beta), C.ctypes.data,
             max(1, n))
+    if nt > 1:
+        _omp_set(nt)
 
 
 def set_blas_threads(n):
