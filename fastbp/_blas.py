@@ -24,6 +24,7 @@ import sys
 import time
 
 import llvmlite.binding as llvm
+import numba
 import numpy as np
 from llvmlite import ir
 from numba import carray, cfunc, njit, types
@@ -478,15 +479,18 @@ class ThreadPolicy:
     count (then nothing changes); ``recheck()`` (each epoch) follows the free cores at most every
     POLICY_RECHECK_S. The count in force before is restored on exit."""
 
-    def __init__(self, layer_sizes, batch):
+    def __init__(self, layer_sizes, batch, kernel_threads=False):
         self.layer_sizes, self.batch = list(layer_sizes), batch
         self.active = _USER["threads"] is None and _set_threads is not None
-        self.threads = self._before = None
+        self.kernel_threads = kernel_threads   # Numba's threads follow too (the threaded optimizer kernels)
+        self.threads = self._before = self._numba_before = None
         self._checked = 0.0
 
     def __enter__(self):
         if self.active:
             self._before = get_blas_threads()
+            if self.kernel_threads:
+                self._numba_before = numba.get_num_threads()
             self.recheck(force=True)
         return self
 
@@ -500,9 +504,13 @@ class ThreadPolicy:
         n, _ = policy_threads(self.layer_sizes, self.batch)
         if n != self.threads:
             set_blas_threads(n)
+            if self.kernel_threads:
+                numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
             self.threads = n
 
     def __exit__(self, *exc):
         if self.active and self._before is not None and self.threads != self._before:
             set_blas_threads(self._before)
+        if self.active and self._numba_before is not None:
+            numba.set_num_threads(self._numba_before)
         return False

@@ -14,6 +14,8 @@ they use only these members:
 - ``net._rng``: the dropout generator's state, a (1,) uint64 array the kernels advance;
   ``net._shuffle_rng``, ``net._split_seed``: the shuffling generator, validation_split's seed;
 - ``net._l2``: scikit-learn's L2 strength (0.0: off), read when a runner is built;
+- ``net._bf16`` (bf16 products) and ``net._n_flat``: whether the optimizer update is the threaded
+  kernel (kernels/optim.update_code), whose Numba threads then follow the thread policy too;
 - ``net._loss_code``: the kernels' code of the output/loss pair;
 - ``net._borrow(n)``: a context manager giving the workspace ``(ws, layout, fpar, meta)``
   for batches of up to ``n`` rows; ``net._drop_workspace(n)`` forgets a one-off size;
@@ -47,6 +49,7 @@ from .callbacks import Callback
 from .errors import DivergenceError, InputError
 from .kernels import network as K
 from .kernels.losses import SIGMOID_BCE, SOFTMAX_CE, correct_count
+from .kernels.optim import update_code
 from .schedules import Schedule, check_schedule
 
 OK = K.OK             # the status of an accepted step
@@ -118,7 +121,8 @@ class Runner:
         self.kt = None          # the kernel table, made at the first run (see _first_run)
         self.chunk = 1          # batches per call when Python wants control back every CHUNK_SECONDS
         self._ws = self._borrowed = None
-        self.threads = ThreadPolicy(net.layer_sizes, batch_size)   # the BLAS threads unless the user set them
+        # the BLAS threads unless the user set them (and Numba's, for the threaded optimizer kernels)
+        self.threads = ThreadPolicy(net.layer_sizes, batch_size, update_code(0, net._n_flat, net._bf16) != 0)
 
     def __enter__(self):
         self._borrowed = self.net._borrow(self.batch_size)

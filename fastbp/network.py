@@ -25,6 +25,8 @@ from .kernels.activations import ACTIVATIONS, DEFAULT_ALPHA
 from .kernels.table import kernel_table, kernels_needed
 from .kernels.losses import SIGMOID_BCE, SOFTMAX_CE, correct_count
 from .kernels.norm import NO_NORM, NORMS
+from .kernels.optim import update_code
+from .kernels.precision import copy_code
 from .names import history_keys
 from .optim import Optimizer, get_optimizer
 from .schedules import check_rates
@@ -240,12 +242,16 @@ class Network:
         (evaluate and predict use ``_kernels()``). Each kernel is compiled (or loaded from the
         cache) on first use; the drivers are the same for every network of a dtype."""
         _, acts, norms, drop = self._layer_kernel_codes()
-        return kernel_table(self.dtype, acts, self._loss_code, opt_kind, norms, drop if training else ())
+        opt = None if opt_kind is None else update_code(opt_kind, self._n_flat, self._bf16)
+        cvt = copy_code(self._n_flat) if self._bf16 else None
+        return kernel_table(self.dtype, acts, self._loss_code, opt, norms, drop if training else (), cvt)
 
     def _kernel_list(self, opt_kind=None, training=False):
         """The (family, code) kernels of ``_kernels(opt_kind, training)``'s table."""
         _, acts, norms, drop = self._layer_kernel_codes()
-        return kernels_needed(acts, self._loss_code, opt_kind, norms, drop if training else ())
+        opt = None if opt_kind is None else update_code(opt_kind, self._n_flat, self._bf16)
+        cvt = copy_code(self._n_flat) if self._bf16 else None
+        return kernels_needed(acts, self._loss_code, opt, norms, drop if training else (), cvt)
 
     def _training_kernels(self, opt_kind):
         """The kernel table of a training step with optimizer ``opt_kind`` (fit, train_step, the

@@ -1,7 +1,7 @@
 """Compile fastbp's drivers and kernels ahead of time, in parallel processes, into Numba's cache.
 
 ``python -m fastbp.warmup [--preset NAME] [--activations ...] [--optimizers ...] [--losses ...]
-[--norms ...] [--dropout no yes] [--dtypes ...] [--jobs N] [--list]``
+[--norms ...] [--dropout no yes] [--dtypes ...] [--precisions fp32 bf16] [--jobs N] [--list]``
 
 fastbp compiles on first use, once per machine (Numba caches the machine code, in
 ``NUMBA_CACHE_DIR`` when set, else next to the sources): the drivers that walk a network
@@ -16,7 +16,9 @@ function share one compile (``_config.compile_locked``).
 Presets: ``default`` what ``fb.Network(sizes)`` with Adam uses, float32; ``common``
 relu/tanh/sigmoid, softmax cross-entropy and identity/MSE, Adam and SGD, float32; ``all``
 every kernel, float32; ``suite`` every kernel, float32 and float64 (what the test suite
-uses). Options given explicitly replace the preset's values.
+uses). ``all`` and ``suite`` include the kernels only bf16 networks use (``--precisions bf16``:
+the bf16 parameter copy and, for large networks, the threaded optimizer updates; float32 only).
+Options given explicitly replace the preset's values.
 """
 
 import argparse
@@ -30,12 +32,12 @@ from . import names
 PAIRS = {"cross_entropy": "softmax", "mse": "identity", "binary_cross_entropy": "sigmoid",
          "huber": "identity", "poisson": "exp"}
 _EVERY = dict(activations=list(names.ACTIVATIONS), losses=sorted(PAIRS), optimizers=list(names.OPTIMIZERS),
-              norms=list(names.NORMS), dropout=["no", "yes"])
+              norms=list(names.NORMS), dropout=["no", "yes"], precisions=list(names.PRECISIONS))
 PRESETS = {
     "default": dict(activations=["relu"], losses=["cross_entropy"], optimizers=["adam"], norms=["none"],
-                    dropout=["no"], dtypes=["float32"]),
+                    dropout=["no"], dtypes=["float32"], precisions=["fp32"]),
     "common": dict(activations=["relu", "tanh", "sigmoid"], losses=["cross_entropy", "mse"],
-                   optimizers=["adam", "sgd"], norms=["none"], dropout=["no"], dtypes=["float32"]),
+                   optimizers=["adam", "sgd"], norms=["none"], dropout=["no"], dtypes=["float32"], precisions=["fp32"]),
     "all": dict(_EVERY, dtypes=["float32"]),
     "suite": dict(_EVERY, dtypes=["float32", "float64"]),
 }
@@ -82,31 +84,38 @@ def _task(task):
     return task, time.perf_counter() - t0
 
 
-def kernels_for(activations=(), losses=(), optimizers=(), norms=(), dropout=()):
-    """The (family, code) kernels these choices need, by group: activations, losses, the rest."""
+def kernels_for(activations=(), losses=(), optimizers=(), norms=(), dropout=(), precisions=()):
+    """The (family, code) kernels these choices need, by group: activations, losses, the rest
+    (and with "bf16" in ``precisions``, a fourth: what only bf16 networks use)."""
+    from .kernels import precision
     from .kernels.activations import ACTIVATIONS, ALIASES
     from .kernels.losses import PAIRS as LOSS_PAIRS
     from .kernels.norm import NORMS
+    from .kernels.optim import MT
     from .kernels.table import KERNELS
     from .optim import get_optimizer
     acts = sorted({ACTIVATIONS[ALIASES.get(a, a)] for a in activations})
     pairs = sorted({LOSS_PAIRS[PAIRS[loss], loss] for loss in losses})
     rest = [(f, NORMS[nm]) for nm in dict.fromkeys(norms) if NORMS[nm] for f in ("norm_f", "norm_b", "norm_u")]
     rest += [("drop_f", 0), ("drop_b", 0)] if "yes" in dropout else []
-    rest += [("opt_u", k) for k in sorted({get_optimizer(o).kind for o in optimizers})]
+    kinds = sorted({get_optimizer(o).kind for o in optimizers})
+    rest += [("opt_u", k) for k in kinds]
     groups = ([(f, c) for c in acts for f in ("act_f", "act_b")],
               [(f, c) for c in pairs for f in ("loss_f", "loss_b", "out_f")], rest)
+    if "bf16" in precisions:
+        groups += ([("cvt", c) for c in sorted(precision.KERNELS)] + [("opt_u", k + MT) for k in kinds],)
     return [[k for k in g if k in KERNELS] for g in groups]
 
 
-def configurations(activations, losses, optimizers, dtypes, norms=("none",), dropout=("no",)):
+def configurations(activations, losses, optimizers, dtypes, norms=("none",), dropout=("no",), precisions=("fp32",)):
     """The worker tasks for these choices: per dtype, the three driver groups and the kernels in
-    up to three groups."""
+    up to four groups (bf16's for float32 only)."""
     tasks = []
     for d in dtypes:
         tasks += [dict(kind="drivers", part=p, dtype=d) for p in DRIVER_PARTS]
+        prec = precisions if d == "float32" else ()
         tasks += [dict(kind="kernels", kernels=g, dtype=d)
-                  for g in kernels_for(activations, losses, optimizers, norms, dropout) if g]
+                  for g in kernels_for(activations, losses, optimizers, norms, dropout, prec) if g]
     return tasks
 
 
@@ -144,6 +153,8 @@ def main(argv=None):
     ap.add_argument("--dtypes", nargs="+", choices=("float32", "float64"))
     ap.add_argument("--norms", nargs="+", choices=names.NORMS, metavar="NAME")
     ap.add_argument("--dropout", nargs="+", choices=("no", "yes"), help="compile without and/or with dropout")
+    ap.add_argument("--precisions", nargs="+", choices=names.PRECISIONS,
+                    help="bf16: also the kernels only bf16 networks use (float32)")
     ap.add_argument("--jobs", type=int, default=None, help="processes (default: the number of cores)")
     ap.add_argument("--list", action="store_true", help="print the configurations and compile nothing")
     ap.add_argument("--quiet", action="store_true")

@@ -322,3 +322,133 @@ verbose = 0
         assert cli.main(["train", str(cfg), "--out", str(tmp_path / "run")]) == 0
     saved = json.loads(np.load(tmp_path / "run" / "model.npz")["config"].item())
     assert saved["precision"] == "bf16"
+
+
+# ---- the threaded kernels of large bf16 networks ----------------------------------------------------------------
+OPT_CASES = [("sgd", dict(lr=0.1, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False)),
+             ("sgd", dict(lr=0.1, momentum=0.9, dampening=0.1, weight_decay=0.01, nesterov=True)),
+             ("adam", dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, decoupled=False,
+                           amsgrad=False, eps_hat=False)),
+             ("adam", dict(lr=1e-3, beta1=0.8, beta2=0.99, eps=1e-6, weight_decay=0.01, decoupled=True,
+                           amsgrad=True, eps_hat=True)),
+             ("rmsprop", dict(lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False)),
+             ("rmsprop", dict(lr=1e-2, alpha=0.9, eps=1e-8, weight_decay=0.01, momentum=0.9, centered=True))]
+
+
+@pytest.mark.parametrize("name, hparams", OPT_CASES)
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_threaded_updates_equal_the_serial_kernels(rng, name, hparams, n_threads):
+    import numba
+
+    from fastbp.kernels import optim as ko
+    kind = {"sgd": ko.SGD, "adam": ko.ADAM, "rmsprop": ko.RMSPROP}[name]
+    hp = ko.pack(ko.new_hparams_array(kind), ko.HPARAMS[kind](**hparams))
+    n = 100_003                                  # not a multiple of the chunking
+    p = rng.standard_normal(n).astype(np.float32)
+    g = rng.standard_normal(n).astype(np.float32)
+    used = {ko.SGD: (hparams.get("momentum", 0) > 0, False, False),
+            ko.ADAM: (True, True, hparams.get("amsgrad", False)),
+            ko.RMSPROP: (True, hparams.get("centered", False), hparams.get("momentum", 0) > 0)}[kind]
+    # (state values a real run could have: RMSprop's gavg^2 well below its sq)
+    state = [(np.abs(rng.standard_normal(n)) * (0.1 if i == 1 else 1.0) + (1.0 if i == 0 else 0.0)).astype(np.float32)
+             if u else np.zeros(0, np.float32) for i, u in enumerate(used)]
+    before = numba.get_num_threads()
+    numba.set_num_threads(min(n_threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        runs = []
+        for code in (kind, kind + ko.MT):
+            pp, ss = p.copy(), [s.copy() for s in state]
+            for t in (1, 2, 3):
+                ko.optimizer_update(code, pp, g, *ss, hp, t, 0.7)
+            runs.append([pp] + ss)
+    finally:
+        numba.set_num_threads(before)
+    for a, b in zip(*runs):
+        assert np.isfinite(a).all() and np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_threaded_bf16_copy_equals_the_serial_one(rng, n_threads):
+    import numba
+
+    from fastbp.kernels.precision import copy_bf16, copy_bf16_mt
+    x = (rng.standard_normal(70_001) * 10).astype(np.float32)
+    x[::997] = np.nan
+    a, b = np.empty(x.size, np.uint16), np.empty(x.size, np.uint16)
+    before = numba.get_num_threads()
+    numba.set_num_threads(min(n_threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        copy_bf16(a, x)
+        copy_bf16_mt(b, x)
+    finally:
+        numba.set_num_threads(before)
+    assert np.array_equal(a, b)
+    y = np.empty((1, x.size), np.uint16)
+    to_bf16(y, x.reshape(1, -1))
+    assert np.array_equal(a, y[0])
+
+
+def test_large_bf16_networks_take_the_threaded_kernels():
+    from fastbp.kernels import optim as ko
+    from fastbp.kernels import precision
+    from fastbp.kernels.table import CVT, OPT_U, address
+
+    def codes(net):
+        kt = net._training_kernels(ko.ADAM)
+        return kt[-1, OPT_U], kt[-1, CVT]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        big16 = fb.Network([1024, 1024, 10], precision="bf16")      # 1.06M parameters
+        small16 = fb.Network([64, 64, 10], precision="bf16")
+    big32 = fb.Network([1024, 1024, 10])
+    f32 = np.float32
+    if big16.compute_precision == "bf16":
+        assert codes(big16) == (address("opt_u", ko.ADAM + ko.MT, f32), address("cvt", precision.THREADED, f32))
+        assert codes(small16) == (address("opt_u", ko.ADAM, f32), address("cvt", precision.SERIAL, f32))
+    # float32 keeps the serial update (beside OpenBLAS's spinning threads the threaded one was slower)
+    assert codes(big32) == (address("opt_u", ko.ADAM, f32), 0)
+
+
+def test_thread_policy_sets_numba_threads_for_the_threaded_kernels(monkeypatch):
+    import numba
+
+    import fastbp._blas as blas
+    if blas._set_threads is None:
+        pytest.skip("no BLAS thread control (FASTBP_BLAS=numba)")
+    monkeypatch.setitem(blas._USER, "threads", None)
+    monkeypatch.setattr(blas, "busy_elsewhere", lambda: blas.cores() - 1)   # every core but one busy
+    before = numba.get_num_threads()
+    with blas.ThreadPolicy([1024, 4096, 10], 256, kernel_threads=True) as pol:
+        assert pol.threads == 1 and numba.get_num_threads() == 1
+    assert numba.get_num_threads() == before
+
+
+@needs_bf16
+def test_threaded_kernels_allocate_nothing_per_step(rng):
+    from numba.core.runtime import _nrt_python, rtsys
+
+    from fastbp._training import Runner
+    from fastbp.kernels import network as K
+    X = rng.standard_normal((2048, 1024)).astype(np.float32)
+    y = rng.integers(0, 10, 2048).astype(np.int64)
+    net = fb.Network([1024, 1024, 10], seed=0, precision="bf16")    # threaded update and bf16 copy
+    opt = fb.Adam()
+
+    def run_epoch(n_rows):
+        runner = Runner(net, opt, X[:n_rows], np.zeros((0, 10), np.float32), y[:n_rows], True,
+                        np.zeros(0, np.float32), 64)
+        with runner:
+            runner.start_epoch(np.random.default_rng(0))
+            before = rtsys.get_allocation_stats().alloc
+            done, status = runner.run(0, runner.n_batches)
+            after = rtsys.get_allocation_stats().alloc
+        assert (done, status) == (runner.n_batches, K.OK)
+        return after - before
+
+    _nrt_python.memsys_enable_stats()
+    try:
+        run_epoch(256)
+        assert run_epoch(320) == run_epoch(2048)    # 5 and 32 batches: nothing per step
+    finally:
+        _nrt_python.memsys_disable_stats()

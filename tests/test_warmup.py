@@ -108,7 +108,7 @@ def test_configurations_and_options(capsys):
     assert kernels == {(d, k) for d in ("float32", "float64") for k in want}
     every = warmup.configurations(**warmup.PRESETS["all"])
     from fastbp.kernels.table import KERNELS
-    assert {k for t in every if t["kind"] == "kernels" for k in t["kernels"]} == set(KERNELS)
+    assert {k for t in every if t["kind"] == "kernels" for k in t["kernels"]} == set(KERNELS)   # bf16 kernels too
     assert warmup.main(["--preset", "common", "--list"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines == ["drivers: fit, float32", "drivers: eval, float32", "drivers: step, float32",

@@ -2,7 +2,24 @@
 
 from numba import njit
 
-from .._config import JIT
+from .._config import INLINE, JIT
+
+# The threaded kernels (parallel=True; the optimizer updates and the bf16 copy of the parameters
+# of large networks) split their buffer into MT_CHUNKS contiguous chunks that Numba's threads
+# share (prange: as many threads as fb.set_num_threads and the thread policy give). Every element
+# gets the serial kernel's arithmetic, so results do not depend on the thread count. (A chunk per
+# thread would need numba.get_num_threads(), which Numba cannot cache.)
+MT_CHUNKS = 64
+MT_MIN_PARAMS = 1 << 20   # networks of this many parameters and more get the threaded kernels (where they pay)
+PARALLEL = dict(JIT, parallel=True)
+
+
+@njit(**INLINE)
+def chunk(n, c):
+    """[lo, hi) of chunk c of MT_CHUNKS over n elements (whole 64-byte lines of float32)."""
+    size = ((n + MT_CHUNKS - 1) // MT_CHUNKS + 15) // 16 * 16
+    lo = min(n, c * size)
+    return lo, min(n, lo + size)
 
 
 @njit(**JIT)

@@ -37,9 +37,9 @@ from .losses import _inv_total, correct_count
 from .norm import NO_NORM
 from .optim import all_finite, diff_sq_sum, sq_sum
 from .precision import to_bf16
-from .table import (ACT_B, ACT_F, DROP_B, DROP_F, ITEMSIZE, LOSS_B, LOSS_F, NORM_B, NORM_F, NORM_U, OPT_U, OUT_F,
-                    call_act_b, call_act_f, call_drop_b, call_drop_f, call_loss_b, call_loss_f, call_norm_b,
-                    call_norm_f, call_norm_u, call_opt_u, call_out_f)
+from .table import (ACT_B, ACT_F, CVT, DROP_B, DROP_F, ITEMSIZE, LOSS_B, LOSS_F, NORM_B, NORM_F, NORM_U, OPT_U,
+                    OUT_F, call_act_b, call_act_f, call_cvt, call_drop_b, call_drop_f, call_loss_b, call_loss_f,
+                    call_norm_b, call_norm_f, call_norm_u, call_opt_u, call_out_f)
 
 (N_IN, N_OUT, W_OFF, B_OFF, ACT, Z_OFF, A_OFF, D_OFF, M_OFF, NORM, G_OFF, BE_OFF, XH_OFF, MU_OFF, RS_OFF,
  RM_OFF, RV_OFF, P_END, WT, X16_OFF) = range(20)
@@ -72,11 +72,11 @@ def vec(buf, off, k):
 
 
 @njit(**JIT)
-def bf16_params(ws, params, meta):
+def bf16_params(kt, ws, params, meta):
     # a bf16 network's bf16 copy of its parameters (once per step and per inference call)
     if meta[PREC] == BF16:
         P = params.shape[0]
-        to_bf16(view2(ws.view(np.uint16), meta[P16_OFF], 1, P), view2(params, 0, 1, P))
+        call_cvt(kt[-1, CVT], vec(ws.view(np.uint16), meta[P16_OFF], P), params)
 
 
 @njit(**JIT)
@@ -155,7 +155,7 @@ def hidden_forward(kt, params, nstate, ws, layout, fpar, meta, X, n, training, r
 @njit(**INLINE)
 def loss_forward_all(kt, params, nstate, ws, layout, fpar, meta, X, T, labels, use_labels, sw, n, training, rng):
     # forward through every layer and the loss; returns the (weighted) mean loss of the n rows
-    bf16_params(ws, params, meta)
+    bf16_params(kt, ws, params, meta)
     inp = hidden_forward(kt, params, nstate, ws, layout, fpar, meta, X, n, training, rng)
     L = layout.shape[0] - 1
     k = layout[L, N_OUT]
@@ -345,7 +345,7 @@ def loss_all(kt, params, nstate, ws, layout, fpar, meta, rng, X, T, labels, use_
     k = layout[L, N_OUT]
     W, b = layer_params(params, layout, L)
     weighted = sw.shape[0] != 0
-    bf16_params(ws, params, meta)
+    bf16_params(kt, ws, params, meta)
     total = 0.0
     wtotal = 0.0
     for s in range(0, N, batch_size):

@@ -16,8 +16,9 @@ instead of crashing).
 
 ``kt`` (n_layers + 1, N_SLOTS) int64: row l < n_layers holds layer l's kernels (the slots
 ACT_F ... DROP_B; 0 where the layer has none), the last row the network's: LOSS_F, LOSS_B,
-OPT_U, OUT_F (the loss pair's output function alone, for inference) and ITEMSIZE (the dtype's
-size, which the entry points check against their arrays, with the number of rows). An address
+OPT_U, OUT_F (the loss pair's output function alone, for inference), ITEMSIZE (the dtype's
+size, which the entry points check against their arrays, with the number of rows) and CVT (a
+bf16 network's parameter copy, precision.py; 0 otherwise). An address
 is valid only in the process that filled the table: tables are never saved or pickled, and
 ``kernel_table`` makes them afresh in every process (a dict lookup once the kernels are
 compiled).
@@ -30,11 +31,11 @@ from numba.core.typeconv import Conversion
 from numba.extending import intrinsic
 
 from .._config import compile_locked
-from . import activations, dropout, losses, norm, optim
+from . import activations, dropout, losses, norm, optim, precision
 
 # slots of a layer's row and of the last row
 ACT_F, ACT_B, NORM_F, NORM_B, NORM_U, DROP_F, DROP_B = range(7)
-LOSS_F, LOSS_B, OPT_U, OUT_F, ITEMSIZE = range(5)
+LOSS_F, LOSS_B, OPT_U, OUT_F, ITEMSIZE, CVT = range(6)
 N_SLOTS = 7
 
 
@@ -59,12 +60,13 @@ def _arg_types(family, dtype):
         "drop_f": (m, m, m, f64, rng),                        # D, M, A, p, rng
         "drop_b": (m, m, m),                                  # dA, dD, M
         "opt_u": (v, v, v, v, v, types.Array(f64, 1, "C"), i64, f64),   # p, g, s1, s2, s3, hp, t, gscale
+        "cvt": (types.Array(types.uint16, 1, "C"), v),       # p16, p (bf16 networks' parameter copy)
     }[family]
 
 
 _RETURNS = {"loss_f": types.float64}
 FAMILIES = ("act_f", "act_b", "loss_f", "loss_b", "out_f", "norm_f", "norm_b", "norm_u", "drop_f", "drop_b",
-            "opt_u")
+            "opt_u", "cvt")
 
 
 def signature(family, dtype):
@@ -86,6 +88,8 @@ def kernels():
     out["drop_f", 0], out["drop_b", 0] = dropout.KERNELS
     for code, u in optim.KERNELS.items():
         out["opt_u", code] = u
+    for code, c in precision.KERNELS.items():
+        out["cvt", code] = c
     return out
 
 
@@ -137,7 +141,7 @@ def _caller(family):
 
 
 call_act_f, call_act_b, call_loss_f, call_loss_b, call_out_f, call_norm_f, call_norm_b, call_norm_u, call_drop_f, \
-    call_drop_b, call_opt_u = (_caller(f) for f in FAMILIES)
+    call_drop_b, call_opt_u, call_cvt = (_caller(f) for f in FAMILIES)
 
 
 # ---- filling a table ----------------------------------------------------------------------------
@@ -161,7 +165,7 @@ def address(family, code, dtype):
     return addr
 
 
-def _slots(act_codes, loss_code, opt_kind, norm_codes, dropout):
+def _slots(act_codes, loss_code, opt_kind, norm_codes, dropout, cvt=None):
     """(row, slot, family, code) of every kernel in the table with these arguments (row -1: the
     network's own row)."""
     for l, code in enumerate(act_codes):
@@ -181,25 +185,27 @@ def _slots(act_codes, loss_code, opt_kind, norm_codes, dropout):
     yield -1, OUT_F, "out_f", loss_code
     if opt_kind is not None:
         yield -1, OPT_U, "opt_u", opt_kind
+    if cvt is not None:
+        yield -1, CVT, "cvt", cvt
 
 
-def kernels_needed(act_codes, loss_code, opt_kind=None, norm_codes=(), dropout=()):
+def kernels_needed(act_codes, loss_code, opt_kind=None, norm_codes=(), dropout=(), cvt=None):
     """The (family, code) kernels of ``kernel_table`` with these arguments, in the order it fills them."""
     return list(dict.fromkeys((f, int(c)) for _, _, f, c in _slots(act_codes, loss_code, opt_kind, norm_codes,
-                                                                   dropout)))
+                                                                   dropout, cvt)))
 
 
-def kernel_table(dtype, act_codes, loss_code, opt_kind=None, norm_codes=(), dropout=()):
+def kernel_table(dtype, act_codes, loss_code, opt_kind=None, norm_codes=(), dropout=(), cvt=None):
     """The kernel table of a network: ``act_codes``/``norm_codes``/``dropout`` (flags) per hidden
     layer (tuples: they key the cache), ``loss_code`` its loss pair, ``opt_kind`` the optimizer
-    (None: no update, evaluation). Dropout kernels go in only where a flag is set (none for
-    evaluation). The table is shared by every network with these arguments; it stays writeable
+    (None: no update, evaluation), ``cvt`` the bf16 parameter copy of a bf16 network (None: float32
+    products). Dropout kernels go in only where a flag is set (none for evaluation). The table is shared by every network with these arguments; it stays writeable
     only because Numba types a read-only array on its slow path, which allocates at every call."""
-    key = (dtype, act_codes, loss_code, opt_kind, norm_codes, dropout)
+    key = (dtype, act_codes, loss_code, opt_kind, norm_codes, dropout, cvt)
     kt = _TABLES.get(key)
     if kt is None:
         kt = np.zeros((len(act_codes) + 2, N_SLOTS), np.int64)
-        for row, slot, family, code in _slots(act_codes, loss_code, opt_kind, norm_codes, dropout):
+        for row, slot, family, code in _slots(act_codes, loss_code, opt_kind, norm_codes, dropout, cvt):
             kt[row, slot] = address(family, code, dtype)
         kt[-1, ITEMSIZE] = np.dtype(dtype).itemsize
         _TABLES[key] = kt
