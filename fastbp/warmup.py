@@ -103,7 +103,7 @@ def kernels_for(activations=(), losses=(), optimizers=(), norms=(), dropout=(), 
     groups = ([(f, c) for c in acts for f in ("act_f", "act_b")],
               [(f, c) for c in pairs for f in ("loss_f", "loss_b", "out_f")], rest)
     if "bf16" in precisions:
-        groups += ([("cvt", c) for c in sorted(precision.KERNELS)] + [("opt_u", k + MT) for k in kinds],)
+        groups += ([("cvt", c) for c in sorted(precision.KERNELS)] + [("mm16", 0)] + [("opt_u", k + MT) for k in kinds],)
     return [[k for k in g if k in KERNELS] for g in groups]
 
 

@@ -38,9 +38,10 @@ from .norm import NO_NORM
 from .optim import all_finite, diff_sq_sum, sq_sum
 from .precision import to_bf16
 from . import table
-from .table import (ACT_B, ACT_F, BWD, CVT, DROP_B, DROP_F, ITEMSIZE, LOSS_B, LOSS_F, NORM_B, NORM_F, NORM_U, OPT_U,
-                    OUT_F, call_act_b, call_act_f, call_bwd, call_cvt, call_drop_b, call_drop_f, call_loss_b,
-                    call_loss_f, call_norm_b, call_norm_f, call_norm_u, call_opt_u, call_out_f)
+from .table import (ACT_B, ACT_F, BWD, CVT, DROP_B, DROP_F, ITEMSIZE, LOSS_B, LOSS_F, MM16, NORM_B, NORM_F, NORM_U,
+                    OPT_U, OUT_F, call_act_b, call_act_f, call_bwd, call_cvt, call_drop_b, call_drop_f,
+                    call_loss_b, call_loss_f, call_mm16, call_norm_b, call_norm_f, call_norm_u, call_opt_u,
+                    call_out_f)
 
 (N_IN, N_OUT, W_OFF, B_OFF, ACT, Z_OFF, A_OFF, D_OFF, M_OFF, NORM, G_OFF, BE_OFF, XH_OFF, MU_OFF, RS_OFF,
  RM_OFF, RV_OFF, P_END, WT, X16_OFF) = range(20)
@@ -81,32 +82,50 @@ def bf16_params(kt, ws, params, meta):
 
 
 @njit(**JIT)
-def forward_product(ws, layout, meta, l, inp, W, Z, n):
-    # Z = inp W for layer l; with BF16 from the bf16 copies (the input's is kept for dW)
+def bf16_products(ws, layout, meta, l, which, A, B, C, W, c):
+    # a bf16 network's products for layer l, from the bf16 copies in ws (the table's MM16 kernel: the
+    # drivers hold no bf16 code, so float32 networks do not compile it). which 0: C = A W, A the
+    # layer's input (its bf16 copy is kept for dW); 1: A = dZ, B = dZ W^T (dX, unless B has no rows)
+    # and C = input^T dZ + c W (dW; c the L2 term, or 0)
+    n = A.shape[0]
+    n_in, n_out = layout[l, N_IN], layout[l, N_OUT]
+    w16 = ws.view(np.uint16)
+    W16 = view2(w16, meta[P16_OFF] + layout[l, W_OFF], n_in, n_out)
+    X16 = view2(w16, layout[l, X16_OFF], n, n_in)
+    if which == 0:
+        to_bf16(X16, A)
+        gemm_bf16(False, False, X16, W16, 0.0, C)
+        return
+    dZ16 = view2(w16, meta[DZ16_OFF], n, n_out)
+    to_bf16(dZ16, A)
+    if B.shape[0] > 0:
+        gemm_bf16(False, True, dZ16, W16, 0.0, B)
+    if c > 0.0:
+        for i in range(n_in):
+            for j in range(n_out):
+                C[i, j] = c * W[i, j]
+    gemm_bf16(True, False, X16, dZ16, 1.0 if c > 0.0 else 0.0, C)
+
+
+@njit(**JIT)
+def forward_product(kt, ws, layout, meta, l, inp, W, Z, n):
+    # Z = inp W for layer l (bf16 networks: bf16_products, by address)
     if meta[PREC] == BF16:
-        w16 = ws.view(np.uint16)
-        n_in, n_out = layout[l, N_IN], layout[l, N_OUT]
-        X16 = view2(w16, layout[l, X16_OFF], n, n_in)
-        to_bf16(X16, inp)
-        gemm_bf16(False, False, X16, view2(w16, meta[P16_OFF] + layout[l, W_OFF], n_in, n_out), 0.0, Z)
+        call_mm16(kt[-1, MM16], ws, layout, meta, l, 0, inp, Z, Z, W, 0.0)
     else:
         gemm(False, False, 1.0, inp, W, 0.0, Z)
 
 
 @njit(**JIT)
-def backward_products(ws, grads, layout, meta, l, dZ, W, inp, dA, dW, c):
+def backward_products(kt, ws, grads, layout, meta, l, dZ, W, inp, dA, dW, c):
     # layer l's dX = dZ W^T (into dA, unless it has no rows) and dW = inp^T dZ + c W (c: the L2 term, or 0)
+    if meta[PREC] == BF16:
+        call_mm16(kt[-1, MM16], ws, layout, meta, l, 1, dZ, dA, dW, W, c)
+        return
     n, k = dZ.shape
     n_in = layout[l, N_IN]
-    bf16 = meta[PREC] == BF16
-    w16 = ws.view(np.uint16)
-    dZ16 = view2(w16, meta[DZ16_OFF] if bf16 else 0, n if bf16 else 0, k)
-    if bf16:
-        to_bf16(dZ16, dZ)
     if dA.shape[0] > 0:
-        if bf16:
-            gemm_bf16(False, True, dZ16, view2(w16, meta[P16_OFF] + layout[l, W_OFF], n_in, k), 0.0, dA)
-        elif layout[l, WT] > 0:
+        if layout[l, WT] > 0:
             # W^T goes to the dW slot, which is written only after this
             WT_ = view2(grads, layout[l, W_OFF], k, n_in)
             transpose(W, WT_)
@@ -117,11 +136,7 @@ def backward_products(ws, grads, layout, meta, l, dZ, W, inp, dA, dW, c):
         for i in range(n_in):
             for j in range(k):
                 dW[i, j] = c * W[i, j]
-    beta = 1.0 if c > 0.0 else 0.0
-    if bf16:
-        gemm_bf16(True, False, view2(w16, layout[l, X16_OFF], n, n_in), dZ16, beta, dW)
-    else:
-        gemm(True, False, 1.0, inp, dZ, beta, dW)         # dW = X^T dZ (+ c W)
+    gemm(True, False, 1.0, inp, dZ, 1.0 if c > 0.0 else 0.0, dW)   # dW = X^T dZ (+ c W)
 
 
 @njit(**INLINE)
@@ -133,7 +148,7 @@ def hidden_forward(kt, params, nstate, ws, layout, fpar, meta, X, n, training, r
         W, b = layer_params(params, layout, l)
         Z = view2(ws, layout[l, Z_OFF], n, k)
         A = view2(ws, layout[l, A_OFF], n, k)
-        forward_product(ws, layout, meta, l, inp, W, Z, n)    # Z = X W
+        forward_product(kt, ws, layout, meta, l, inp, W, Z, n)    # Z = X W
         norm = layout[l, NORM]
         if norm != NO_NORM:
             call_norm_f(kt[l, NORM_F], Z, view2(ws, layout[l, XH_OFF], n, k), vec(ws, layout[l, MU_OFF], max(n, 2 * k)),
@@ -163,7 +178,7 @@ def loss_forward_all(kt, params, nstate, ws, layout, fpar, meta, X, T, labels, u
     W, b = layer_params(params, layout, L)
     Z = view2(ws, layout[L, Z_OFF], n, k)
     P = view2(ws, layout[L, A_OFF], n, k)
-    forward_product(ws, layout, meta, L, inp, W, Z, n)
+    forward_product(kt, ws, layout, meta, L, inp, W, Z, n)
     return call_loss_f(kt[-1, LOSS_F], P, Z, b, T, labels, use_labels, sw)
 
 
@@ -206,7 +221,7 @@ def backward_all(kt, grads, params, ws, layout, fpar, meta, X, T, labels, use_la
         dW, _ = layer_params(grads, layout, l)
         dA = view2(ws, other, n if l > 0 else 0, n_in)       # (layer 0 has no dX)
         inp = X if l == 0 else view2(ws, layout[l - 1, D_OFF], n, n_in)
-        backward_products(ws, grads, layout, meta, l, dZ, W, inp, dA, dW, l2 * _inv_total(sw, n) if l2 > 0.0 else 0.0)
+        backward_products(kt, ws, grads, layout, meta, l, dZ, W, inp, dA, dW, l2 * _inv_total(sw, n) if l2 > 0.0 else 0.0)
         if l == 0:
             break
         h = l - 1
@@ -362,7 +377,7 @@ def loss_all(kt, params, nstate, ws, layout, fpar, meta, rng, X, T, labels, use_
         inp = hidden_forward(kt, params, nstate, ws, layout, fpar, meta, X[s:e], n, False, rng)
         Z = view2(ws, layout[L, Z_OFF], n, k)
         P = view2(ws, layout[L, A_OFF], n, k)
-        forward_product(ws, layout, meta, L, inp, W, Z, n)
+        forward_product(kt, ws, layout, meta, L, inp, W, Z, n)
         if with_loss:
             wb = sw[s:e] if weighted else sw
             wsum = 0.0
@@ -382,7 +397,8 @@ def loss_all(kt, params, nstate, ws, layout, fpar, meta, rng, X, T, labels, use_
 # the entry points the Python side calls: their first compile of a signature is one per machine
 # at a time (_config.compile_locked)
 for _driver in (train_epoch, loss_all, train_batch, loss_forward_all, backward_all, update_running, l2_penalty,
-                backward_step):
+                backward_step, bf16_products):
     compile_locked(_driver)
 del _driver
-table.KERNELS["bwd", 0] = backward_step   # (the table's module cannot import this one: it imports the table)
+# (the table's module cannot import this one, which imports the table)
+table.KERNELS["bwd", 0], table.KERNELS["mm16", 0] = backward_step, bf16_products
