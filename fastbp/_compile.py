@@ -67,10 +67,6 @@ def start_helper(driver, driver_sig, kernels, dtype, later=()):
     todo = [k for k in kernels if not is_cached(table.KERNELS[k], table.signature(k[0], dtype).args)]
     if not todo:
         return None
-    # the backward pass first (the longest: the first batch waits for it), then the kernels from the
-    # end of the table: this process, once its driver is compiled, fills the table from the start
-    # and takes over any kernel the helper has not begun (compile_locked), so the two meet halfway
-    todo = [k for k in todo if k[0] == "bwd"] + [k for k in reversed(todo) if k[0] != "bwd"]
     from .kernels import network as K
     later = [(name, tuple(sig)) for name, sig in later if not is_cached(getattr(K, name), sig)]
     payload = base64.b64encode(pickle.dumps((dtype.name, todo, later))).decode()

@@ -99,7 +99,7 @@ def kernels_for(activations=(), losses=(), optimizers=(), norms=(), dropout=(), 
     rest = [(f, NORMS[nm]) for nm in dict.fromkeys(norms) if NORMS[nm] for f in ("norm_f", "norm_b", "norm_u")]
     rest += [("drop_f", 0), ("drop_b", 0)] if "yes" in dropout else []
     kinds = sorted({get_optimizer(o).kind for o in optimizers})
-    rest += [("opt_u", k) for k in kinds] + ([("bwd", 0)] if kinds else [])   # (the backward pass: see table.py)
+    rest += [("opt_u", k) for k in kinds]
     groups = ([(f, c) for c in acts for f in ("act_f", "act_b")],
               [(f, c) for c in pairs for f in ("loss_f", "loss_b", "out_f")], rest)
     if "bf16" in precisions:

@@ -74,8 +74,7 @@ def test_two_processes_compile_once_and_agree(tmp_path):
         assert (hits, misses) == (1, 1), (name, ra[name], rb[name])
     # and each of its kernels by one of them (the two lists hold no kernel twice)
     compiled = ra["kernels compiled"] + rb["kernels compiled"]
-    assert sorted(compiled) == ["backward_step", "huber_b", "huber_f", "identity_out", "rmsprop_u", "softplus_b",
-                                "softplus_f"]
+    assert sorted(compiled) == ["huber_b", "huber_f", "identity_out", "rmsprop_u", "softplus_b", "softplus_f"]
     assert ra["weights"] == rb["weights"]
 
 
@@ -105,7 +104,7 @@ def test_configurations_and_options(capsys):
     from fastbp.kernels.optim import ADAM
     want = ([(f, c) for c in (RELU, TANH) for f in ("act_f", "act_b")]
             + [(f, c) for c in (SOFTMAX_CE, IDENTITY_MSE) for f in ("loss_f", "loss_b", "out_f")]
-            + [("norm_f", LAYER_NORM), ("norm_b", LAYER_NORM), ("opt_u", ADAM), ("bwd", 0)])   # adamw is Adam's kernel
+            + [("norm_f", LAYER_NORM), ("norm_b", LAYER_NORM), ("opt_u", ADAM)])   # adamw is Adam's kernel
     assert kernels == {(d, k) for d in ("float32", "float64") for k in want}
     every = warmup.configurations(**warmup.PRESETS["all"])
     from fastbp.kernels.table import KERNELS
@@ -115,12 +114,12 @@ def test_configurations_and_options(capsys):
     assert lines == ["drivers: fit, float32", "drivers: eval, float32", "drivers: step, float32",
                      "kernels: relu_f, relu_b, sigmoid_f, sigmoid_b, tanh_f, tanh_b, float32",
                      "kernels: softmax_xent_f, softmax_xent_b, softmax_out, mse_f, mse_b, identity_out, float32",
-                     "kernels: sgd_u, adam_u, backward_step, float32"]
+                     "kernels: sgd_u, adam_u, float32"]
     assert warmup.main(["--activations", "gelu", "--optimizers", "sgd", "--list"]) == 0
     assert capsys.readouterr().out.strip().splitlines() == [
         "drivers: fit, float32", "drivers: eval, float32", "drivers: step, float32",
         "kernels: gelu_f, gelu_b, float32", "kernels: softmax_xent_f, softmax_xent_b, softmax_out, float32",
-        "kernels: sgd_u, backward_step, float32"]
+        "kernels: sgd_u, float32"]
     for bad in (["--jobs", "0"], ["--activations", "nope"], ["--preset", "nope"]):
         with pytest.raises(SystemExit):
             warmup.main(bad + ["--list"])

@@ -38,10 +38,9 @@ from .norm import NO_NORM
 from .optim import all_finite, diff_sq_sum, sq_sum
 from .precision import to_bf16
 from . import table
-from .table import (ACT_B, ACT_F, BWD, CVT, DROP_B, DROP_F, ITEMSIZE, LOSS_B, LOSS_F, MM16, NORM_B, NORM_F, NORM_U,
-                    OPT_U, OUT_F, call_act_b, call_act_f, call_bwd, call_cvt, call_drop_b, call_drop_f,
-                    call_loss_b, call_loss_f, call_mm16, call_norm_b, call_norm_f, call_norm_u, call_opt_u,
-                    call_out_f)
+from .table import (ACT_B, ACT_F, CVT, DROP_B, DROP_F, ITEMSIZE, LOSS_B, LOSS_F, MM16, NORM_B, NORM_F, NORM_U, OPT_U,
+                    OUT_F, call_act_b, call_act_f, call_cvt, call_drop_b, call_drop_f, call_loss_b, call_loss_f,
+                    call_mm16, call_norm_b, call_norm_f, call_norm_u, call_opt_u, call_out_f)
 
 (N_IN, N_OUT, W_OFF, B_OFF, ACT, Z_OFF, A_OFF, D_OFF, M_OFF, NORM, G_OFF, BE_OFF, XH_OFF, MU_OFF, RS_OFF,
  RM_OFF, RV_OFF, P_END, WT, X16_OFF) = range(20)
@@ -242,13 +241,6 @@ def backward_all(kt, grads, params, ws, layout, fpar, meta, X, T, labels, use_la
         cur, other = other, cur
 
 
-@njit(**JIT)
-def backward_step(kt, grads, params, ws, layout, fpar, meta, X, T, labels, use_labels, sw, n, l2):
-    # backward_all compiled on its own, once per dtype, and called by address (the table's BWD slot):
-    # a cold fit compiles it in the helper process while this one compiles the rest of train_epoch
-    backward_all(kt, grads, params, ws, layout, fpar, meta, X, T, labels, use_labels, sw, n, l2)
-
-
 @njit(**INLINE)
 def train_batch(kt, params, grads, nstate, ws, layout, fpar, meta, rng, X, T, labels, use_labels, sw, n,
                 s1, s2, s3, hp, step, ctl, tstats, pprev):
@@ -266,7 +258,7 @@ def train_batch(kt, params, grads, nstate, ws, layout, fpar, meta, rng, X, T, la
     loss += penalty
     if not np.isfinite(loss):
         return loss, penalty, BAD_LOSS
-    call_bwd(kt[-1, BWD], kt, grads, params, ws, layout, fpar, meta, X, T, labels, use_labels, sw, n, l2)
+    backward_all(kt, grads, params, ws, layout, fpar, meta, X, T, labels, use_labels, sw, n, l2)
     clip = ctl[CLIP]
     track = ctl[TRACK] != 0.0
     gscale = 1.0
@@ -397,8 +389,8 @@ def loss_all(kt, params, nstate, ws, layout, fpar, meta, rng, X, T, labels, use_
 # the entry points the Python side calls: their first compile of a signature is one per machine
 # at a time (_config.compile_locked)
 for _driver in (train_epoch, loss_all, train_batch, loss_forward_all, backward_all, update_running, l2_penalty,
-                backward_step, bf16_products):
+                bf16_products):
     compile_locked(_driver)
 del _driver
 # (the table's module cannot import this one, which imports the table)
-table.KERNELS["bwd", 0], table.KERNELS["mm16", 0] = backward_step, bf16_products
+table.KERNELS["mm16", 0] = bf16_products

@@ -18,14 +18,9 @@ instead of crashing).
 ACT_F ... DROP_B; 0 where the layer has none), the last row the network's: LOSS_F, LOSS_B,
 OPT_U, OUT_F (the loss pair's output function alone, for inference), ITEMSIZE (the dtype's
 size, which the entry points check against their arrays, with the number of rows), CVT (a
-bf16 network's parameter copy, precision.py; 0 otherwise), MM16 (a bf16 network's products,
-network.bf16_products; 0 otherwise) and BWD (training tables: the
-backward pass, network.backward_step; the same kernel for every network of a dtype, in the
-table so that a cold fit compiles it in the helper process while it compiles the rest of the
-epoch driver, fastbp._compile). An address
-is valid only in the process that filled the table: tables are never saved or pickled, and
-``kernel_table`` makes them afresh in every process (a dict lookup once the kernels are
-compiled).
+bf16 network's parameter copy, precision.py; 0 otherwise) and MM16 (a bf16 network's products,
+network.bf16_products, which registers itself in KERNELS; 0 otherwise). The drivers hold no
+bf16 code but these calls, so a float32 network never compiles it.
 """
 
 import numpy as np
@@ -39,8 +34,8 @@ from . import activations, dropout, losses, norm, optim, precision
 
 # slots of a layer's row and of the last row
 ACT_F, ACT_B, NORM_F, NORM_B, NORM_U, DROP_F, DROP_B = range(7)
-LOSS_F, LOSS_B, OPT_U, OUT_F, ITEMSIZE, CVT, BWD, MM16 = range(8)
-N_SLOTS = 8
+LOSS_F, LOSS_B, OPT_U, OUT_F, ITEMSIZE, CVT, MM16 = range(7)
+N_SLOTS = 7
 
 
 # ---- the signatures: each family's argument types, per dtype ------------------------------------
@@ -65,10 +60,6 @@ def _arg_types(family, dtype):
         "drop_b": (m, m, m),                                  # dA, dD, M
         "opt_u": (v, v, v, v, v, types.Array(f64, 1, "C"), i64, f64),   # p, g, s1, s2, s3, hp, t, gscale
         "cvt": (types.Array(types.uint16, 1, "C"), v),       # p16, p (bf16 networks' parameter copy)
-        # the backward pass (network.backward_step): kt, grads, params, ws, layout, fpar, meta, X, T, labels,
-        # use_labels, sw, n, l2
-        "bwd": (types.Array(i64, 2, "C"), v, v, v, types.Array(i64, 2, "C"), types.Array(f64, 2, "C"),
-                types.Array(i64, 1, "C"), types.Array(f, 2, "C", readonly=True), T, labels, b1, sw, i64, f64),
         # a bf16 network's products (network.bf16_products): ws, layout, meta, l, which, A, B, C, W, c
         "mm16": (v, types.Array(i64, 2, "C"), types.Array(i64, 1, "C"), i64, i64, types.Array(f, 2, "C", readonly=True),
                  m, m, m, f64),
@@ -77,7 +68,7 @@ def _arg_types(family, dtype):
 
 _RETURNS = {"loss_f": types.float64}
 FAMILIES = ("act_f", "act_b", "loss_f", "loss_b", "out_f", "norm_f", "norm_b", "norm_u", "drop_f", "drop_b",
-            "opt_u", "cvt", "bwd", "mm16")
+            "opt_u", "cvt", "mm16")
 
 
 def signature(family, dtype):
@@ -152,7 +143,7 @@ def _caller(family):
 
 
 call_act_f, call_act_b, call_loss_f, call_loss_b, call_out_f, call_norm_f, call_norm_b, call_norm_u, call_drop_f, \
-    call_drop_b, call_opt_u, call_cvt, call_bwd, call_mm16 = (_caller(f) for f in FAMILIES)
+    call_drop_b, call_opt_u, call_cvt, call_mm16 = (_caller(f) for f in FAMILIES)
 
 
 # ---- filling a table ----------------------------------------------------------------------------
@@ -196,7 +187,6 @@ def _slots(act_codes, loss_code, opt_kind, norm_codes, dropout, cvt=None):
     yield -1, OUT_F, "out_f", loss_code
     if opt_kind is not None:
         yield -1, OPT_U, "opt_u", opt_kind
-        yield -1, BWD, "bwd", 0
     if cvt is not None:
         yield -1, CVT, "cvt", cvt
         yield -1, MM16, "mm16", 0
@@ -225,4 +215,4 @@ def kernel_table(dtype, act_codes, loss_code, opt_kind=None, norm_codes=(), drop
     return kt
 
 
-from . import network  # noqa: E402,F401  (registers ("bwd", 0) and ("mm16", 0) in KERNELS)
+from . import network  # noqa: E402,F401  (registers ("mm16", 0) in KERNELS)
