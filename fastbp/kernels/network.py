@@ -76,8 +76,7 @@ def vec(buf, off, k):
 def bf16_params(kt, ws, params, meta):
     # a bf16 network's bf16 copy of its parameters (once per step and per inference call)
     if meta[PREC] == BF16:
-        P = params.shape[0]
-        call_cvt(kt[-1, CVT], vec(ws.view(np.uint16), meta[P16_OFF], P), params)
+        call_cvt(kt[-1, CVT], ws, meta[P16_OFF], params)
 
 
 @njit(**JIT)

@@ -43,18 +43,26 @@ def to_bf16(Y, X):
 
 
 # ---- the bf16 copy of the parameters, one signature (table.py calls it by address) ----------------
-# (Y16, p): Y16 (P,) uint16 <- p (P,) rounded; threaded for large networks (as the optimizer updates)
+# (ws, off, p): ws read as uint16 gets p (P,) rounded at [off, off + P); threaded for large networks
+# (as the optimizer updates). (The uint16 view is taken here, not in the drivers: compiling
+# ``ndarray.view`` there cost the epoch driver 0.4 s.)
 @njit(**JIT)
-def copy_bf16(Y, X):
+def _copy(Y, X):
     for i in range(X.shape[0]):
         Y[i] = bf16_bits(X[i])
 
 
+@njit(**JIT)
+def copy_bf16(ws, off, X):
+    _copy(ws.view(np.uint16)[off:off + X.shape[0]], X)
+
+
 @njit(**PARALLEL)
-def copy_bf16_mt(Y, X):
+def copy_bf16_mt(ws, off, X):
+    Y = ws.view(np.uint16)[off:off + X.shape[0]]
     for c in prange(MT_CHUNKS):
         lo, hi = chunk(X.shape[0], c)
-        copy_bf16(Y[lo:hi], X[lo:hi])
+        _copy(Y[lo:hi], X[lo:hi])
 
 
 SERIAL, THREADED = 0, 1

@@ -59,7 +59,7 @@ def _arg_types(family, dtype):
         "drop_f": (m, m, m, f64, rng),                        # D, M, A, p, rng
         "drop_b": (m, m, m),                                  # dA, dD, M
         "opt_u": (v, v, v, v, v, types.Array(f64, 1, "C"), i64, f64),   # p, g, s1, s2, s3, hp, t, gscale
-        "cvt": (types.Array(types.uint16, 1, "C"), v),       # p16, p (bf16 networks' parameter copy)
+        "cvt": (v, i64, v),                                   # ws, offset of p16 in ws as uint16, p (bf16 copy)
         # a bf16 network's products (network.bf16_products): ws, layout, meta, l, which, A, B, C, W, c
         "mm16": (v, types.Array(i64, 2, "C"), types.Array(i64, 1, "C"), i64, i64, types.Array(f, 2, "C", readonly=True),
                  m, m, m, f64),
