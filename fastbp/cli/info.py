@@ -124,7 +124,7 @@ def cmd_info(args):
     print(f"BLAS:      {b.get('provider')}" + (f", {b['library']}" if b.get("library") else "")
           + (f" ({b['config'].strip()})" if b.get("config") else ""))
     bf = info["bf16"]
-    print(f"bf16:      precision='bf16' " + ("runs here: " if bf["available"] else "falls back to float32 here: ")
+    print("bf16:      precision='bf16' " + ("runs here: " if bf["available"] else "falls back to float32 here: ")
           + bf["why"])
     th = info["threads"]
     print(f"threads:   fastbp.get_num_threads() = {th['fastbp (BLAS)']} (BLAS); numba {th['numba']} of "
