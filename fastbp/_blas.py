@@ -161,7 +161,7 @@ _domatcopy = types.ExternalFunction("fastbp_domatcopy", _omatcopy_sig(types.floa
 # C (f32) = alpha op(A) op(B) + beta C with A, B bfloat16 (uint16 bit patterns): oneDNN's
 # dnnl_gemm_bf16bf16f32 (row-major, transposes as 'N'/'T', 64-bit dimensions), which runs on
 # AMX tiles or AVX512-BF16 where the CPU has them. oneDNN is optional (the ``bf16`` extra:
-# onednn-cpu-gomp); without it the symbol points at a plain Numba loop, so that the drivers
+# onednn-cpu-gomp); without it the symbol points at a NumPy stand-in (a ctypes callback), so that the drivers
 # link, and Network falls back to float32 (``bf16_support``).
 
 def _gemm16_sig():
@@ -179,28 +179,26 @@ def f32_bits(typingctx, x):
     return types.uint32(types.float32), lambda context, builder, sig, args: builder.bitcast(args[0], ir.IntType(32))
 
 
-@intrinsic
-def bits_f32(typingctx, u):
-    """The float32 of a bit pattern (uint32)."""
-    if u != types.uint32:
-        return None
-    return types.float32(types.uint32), lambda context, builder, sig, args: builder.bitcast(args[0], ir.FloatType())
-
-
 def _fallback_gemm16(transa, transb, m, n, k, alpha, pa, lda, pb, ldb, beta, pc, ldc):
-    # the same product from the bit patterns (slow; only so that the drivers link without oneDNN)
-    C = carray(pc, (m, ldc))
-    A = carray(pa, (k if transa == 84 else m, lda))
-    B = carray(pb, (n if transb == 84 else k, ldb))
-    for i in range(m):
-        for j in range(n):
-            s = np.float32(0.0)
-            for p in range(k):
-                a = A[p, i] if transa == 84 else A[i, p]
-                b = B[j, p] if transb == 84 else B[p, j]
-                s += bits_f32(np.uint32(np.uint32(a) << np.uint32(16))) * bits_f32(np.uint32(np.uint32(b) << np.uint32(16)))
-            C[i, j] = alpha * s + (np.float32(0.0) if beta == 0.0 else beta * C[i, j])
+    # the same product in NumPy from the bit patterns (slow; only so that the drivers link without
+    # oneDNN: a ctypes callback, so that nothing is compiled at import for users without it)
+    def mat(ptr, rows, ld, ctype):
+        return np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctype)), (rows, ld))
+
+    def op(ptr, rows, cols, ld, trans):   # op(X) (rows, cols) as float32 from X's bit patterns
+        x = mat(ptr, cols if trans else rows, ld, ctypes.c_uint16)[:, :rows if trans else cols]
+        x = (x.astype(np.uint32) << 16).view(np.float32)
+        return x.T if trans else x
+
+    A, B = op(pa, m, k, lda, transa == 84), op(pb, k, n, ldb, transb == 84)
+    C = mat(pc, m, ldc, ctypes.c_float)[:, :n]
+    C[...] = alpha * (A @ B) + (0.0 if beta == 0.0 else beta * C)
     return 0
+
+
+_GEMM16_C = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_int8, ctypes.c_int8, ctypes.c_int64, ctypes.c_int64,
+                             ctypes.c_int64, ctypes.c_float, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,
+                             ctypes.c_int64, ctypes.c_float, ctypes.c_void_p, ctypes.c_int64)
 
 
 def _find_onednn():
@@ -226,11 +224,12 @@ def cpu_bf16():
 
 
 def _omp_fallbacks():
-    # no OpenMP runtime: oneDNN is absent too, so nothing is threaded by OpenMP
-    f = cfunc(types.void(types.int32), **JIT)(lambda n: None)
-    g = cfunc(types.int32(), **JIT)(lambda: np.int32(1))
-    llvm.add_symbol("fastbp_omp_set_num_threads", f.address)
-    llvm.add_symbol("fastbp_omp_get_max_threads", g.address)
+    # no OpenMP runtime: oneDNN is absent too, so nothing is threaded by OpenMP (ctypes callbacks:
+    # nothing compiled at import)
+    f = ctypes.CFUNCTYPE(None, ctypes.c_int32)(lambda n: None)
+    g = ctypes.CFUNCTYPE(ctypes.c_int32)(lambda: 1)
+    llvm.add_symbol("fastbp_omp_set_num_threads", _address(f))
+    llvm.add_symbol("fastbp_omp_get_max_threads", _address(g))
     _KEEP.extend((f, g))
 
 
@@ -252,10 +251,8 @@ def _setup_bf16():
             set_omp = None
             _omp_fallbacks()
     else:
-        sig = _gemm16_sig()
-        u16, f32 = types.CPointer(types.uint16), types.CPointer(types.float32)
-        f = cfunc(types.int32(*sig.args[:6], u16, _i64, u16, _i64, types.float32, f32, _i64), **JIT)(_fallback_gemm16)
-        llvm.add_symbol("fastbp_gemm_bf16", f.address)
+        f = _GEMM16_C(_fallback_gemm16)
+        llvm.add_symbol("fastbp_gemm_bf16", _address(f))
         _KEEP.append(f)
         _omp_fallbacks()
     return info, set_omp

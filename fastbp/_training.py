@@ -15,7 +15,7 @@ they use only these members:
   ``net._shuffle_rng``, ``net._split_seed``: the shuffling generator, validation_split's seed;
 - ``net._l2``: scikit-learn's L2 strength (0.0: off), read when a runner is built;
 - ``net._bf16`` (bf16 products) and ``net._n_flat``: whether the optimizer update is the threaded
-  kernel (kernels/optim.update_code), whose Numba threads then follow the thread policy too;
+  kernel (kernels/optim.threaded_update), whose Numba threads then follow the thread policy too;
 - ``net._loss_code``: the kernels' code of the output/loss pair;
 - ``net._borrow(n)``: a context manager giving the workspace ``(ws, layout, fpar, meta)``
   for batches of up to ``n`` rows; ``net._drop_workspace(n)`` forgets a one-off size;
@@ -49,7 +49,7 @@ from .callbacks import Callback
 from .errors import DivergenceError, InputError
 from .kernels import network as K
 from .kernels.losses import SIGMOID_BCE, SOFTMAX_CE, correct_count
-from .kernels.optim import update_code
+from .kernels.optim import threaded_update
 from .schedules import Schedule, check_schedule
 
 OK = K.OK             # the status of an accepted step
@@ -122,7 +122,7 @@ class Runner:
         self.chunk = 1          # batches per call when Python wants control back every CHUNK_SECONDS
         self._ws = self._borrowed = None
         # the BLAS threads unless the user set them (and Numba's, for the threaded optimizer kernels)
-        self.threads = ThreadPolicy(net.layer_sizes, batch_size, update_code(0, net._n_flat, net._bf16) != 0)
+        self.threads = ThreadPolicy(net.layer_sizes, batch_size, threaded_update(net._n_flat, net._bf16))
 
     def __enter__(self):
         self._borrowed = self.net._borrow(self.batch_size)

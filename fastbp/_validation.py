@@ -200,15 +200,11 @@ def _dtype(dtype):
     return dt
 
 
-PRECISIONS = ("fp32", "bf16")
-PRECISION_ALIASES = {"float32": "fp32", "bfloat16": "bf16", "mixed_bfloat16": "bf16"}
-
-
 def check_architecture(layer_sizes, activation="relu", output="softmax", loss=None, dtype=np.float32, seed=0,
                        dropout=0.0, init="auto", norm=None, norm_momentum=0.1, norm_eps=1e-5, precision="fp32"):
     """Network's arguments checked (InputError naming the problem) and normalised: a dict of
     its attributes (layer_sizes, activations, output, loss, _loss_code, dtype, seed, dropout,
-    init, norm, norm_momentum, norm_eps). Allocates nothing."""
+    init, norm, norm_momentum, norm_eps, precision). Allocates nothing."""
     sizes = _as_list(layer_sizes)
     if (not sizes or len(sizes) < 2 or
             any(isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1 for s in sizes)):
@@ -239,7 +235,7 @@ def check_architecture(layer_sizes, activation="relu", output="softmax", loss=No
         raise InputError(f"dropout must be a probability in [0, 1) or one per hidden layer "
                          f"({n_hidden}), got {dropout!r}")
     dropout = [float(p) for p in drops]
-    from .names import INITS   # (names imports optim, which imports this module)
+    from .names import INITS, PRECISION_ALIASES, PRECISIONS   # (names imports optim, which imports this module)
     init = check_choice(init, "init", set(INITS))
     norms = [norm] * n_hidden if norm is None or isinstance(norm, str) else _as_list(norm)
     if norms is None or len(norms) != n_hidden:
@@ -252,9 +248,9 @@ def check_architecture(layer_sizes, activation="relu", output="softmax", loss=No
                              "precision", PRECISIONS)
     if precision == "bf16" and dtype != np.float32:
         raise InputError(f"precision='bf16' is mixed precision for float32 networks, got dtype {dtype.name}")
-    return {"precision": precision, "layer_sizes": layer_sizes, "activations": activations, "output": output, "loss": loss,
+    return {"layer_sizes": layer_sizes, "activations": activations, "output": output, "loss": loss,
             "_loss_code": loss_code, "dtype": dtype, "seed": seed, "dropout": dropout, "init": init, "norm": norm,
-            "norm_momentum": norm_momentum, "norm_eps": norm_eps}
+            "norm_momentum": norm_momentum, "norm_eps": norm_eps, "precision": precision}
 
 
 def check_weights(weights, targets, dtype):

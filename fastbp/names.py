@@ -20,7 +20,8 @@ LOSSES = tuple(sorted({loss for _, loss in _PAIRS}))
 NORMS = ("none", "batch", "layer")
 INITS = ("auto", "he", "glorot")
 DTYPES = ("float32", "float64")
-PRECISIONS = ("fp32", "bf16")   # Network(precision=...): the matrix products' operands
+PRECISIONS = ("fp32", "bf16")                       # Network(precision=...): the matrix products' operands
+PRECISION_ALIASES = {"float32": "fp32", "bfloat16": "bf16", "mixed_bfloat16": "bf16"}   # other names for them
 OPTIMIZERS = tuple(_OPTIMIZERS)                     # names ``fastbp.optim.get_optimizer`` takes
 
 
@@ -41,4 +42,4 @@ def history_keys(is_classifier, n_layers, validation=False, track_gradients=Fals
 
 
 __all__ = ["ACTIVATIONS", "ACTIVATION_ALIASES", "OUTPUTS", "DEFAULT_LOSS", "OUTPUT_LOSS_PAIRS", "LOSSES",
-           "NORMS", "INITS", "DTYPES", "PRECISIONS", "OPTIMIZERS", "history_keys"]
+           "NORMS", "INITS", "DTYPES", "PRECISIONS", "PRECISION_ALIASES", "OPTIMIZERS", "history_keys"]

@@ -58,7 +58,7 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted, vali
 
 from . import get_thread_setting, set_num_threads
 from ._training import OK, Runner
-from .names import ACTIVATION_ALIASES, ACTIVATIONS
+from .names import ACTIVATION_ALIASES, ACTIVATIONS, PRECISIONS
 from .network import Network
 from .optim import SGD, Adam, from_config
 
@@ -147,7 +147,7 @@ class _BaseMLP(BaseEstimator):
         "dtype": [None, StrOptions({"float32", "float64"}), Options(type, {np.float32, np.float64})],
         "n_threads": [None, Interval(Integral, 1, None, closed="left")],
         "dropout": [Interval(Real, 0, 1, closed="left")],
-        "precision": [StrOptions({"fp32", "bf16"})],
+        "precision": [StrOptions(set(PRECISIONS))],
     }
 
     # ---- network ---------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import pytest
 import fastbp as fb
 from fastbp import cli
 from fastbp._blas import gemm_bf16
-from fastbp.kernels.precision import from_bf16, to_bf16
+from fastbp.kernels.precision import from_bf16, round_bf16, to_bf16
 
 BF16_OK, BF16_WHY = fb.bf16_support()
 needs_bf16 = pytest.mark.skipif(not BF16_OK, reason=f"bf16 cannot run here: {BF16_WHY}")
@@ -37,11 +37,7 @@ def bf16_nearest(x):
 
 def rounded(x):
     """What fastbp's kernel keeps of float32 x (as float64)."""
-    x = np.ascontiguousarray(x, np.float32)
-    x2 = x.reshape(-1, x.shape[-1]) if x.ndim else x.reshape(1, 1)
-    y = np.empty(x2.shape, np.uint16)
-    to_bf16(y, x2)
-    return from_bf16(y).reshape(x.shape).astype(np.float64)
+    return round_bf16(x).astype(np.float64)
 
 
 # ---- the rounding kernel ---------------------------------------------------------------------------------------
@@ -242,14 +238,31 @@ print(fb.bf16_support()[0], a.compute_precision, a.precision, [str(x.message) fo
 b = fb.Network([8, 16, 3])
 a.fit(X, y, epochs=2, verbose=0); b.fit(X, y, epochs=2, verbose=0)
 print(np.array_equal(a.params, b.params))
+# the stand-in product behind the bf16 symbol (so that the drivers link) is the same product
+from fastbp._blas import gemm_bf16
+from fastbp.kernels.precision import from_bf16, round_bf16, to_bf16
+ok = []
+for ta in (False, True):
+    for tb in (False, True):
+        A = rng.standard_normal((5, 7) if ta else (7, 5)).astype(np.float32)
+        B = rng.standard_normal((3, 5) if tb else (5, 3)).astype(np.float32)
+        A16, B16 = np.empty(A.shape, np.uint16), np.empty(B.shape, np.uint16)
+        to_bf16(A16, A); to_bf16(B16, B)
+        C0 = rng.standard_normal((7, 3)).astype(np.float32); C = C0.copy()
+        gemm_bf16(ta, tb, A16, B16, 1.0, C)
+        a, b = from_bf16(A16).astype(np.float64), from_bf16(B16).astype(np.float64)
+        ref = (a.T if ta else a) @ (b.T if tb else b) + C0
+        ok.append(bool(np.all(np.abs(C - ref) <= 7 * 2.0 ** -23 * (np.abs(a.T if ta else a) @ np.abs(b.T if tb else b) + np.abs(C0)))))
+print(ok)
 """
     env = dict(os.environ, FASTBP_BF16="off", FASTBP_COMPILE_HELPER="0")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
-    first, second = out.stdout.strip().splitlines()[-2:]
+    first, second, third = out.stdout.strip().splitlines()[-3:]
     assert first.startswith("False fp32 bf16 ")
     assert "precision='bf16' computes in float32 here: oneDNN was not found" in first
     assert second == "True"                              # exactly the float32 network
+    assert third == "[True, True, True, True]"
 
 
 @pytest.mark.parametrize("kw, words", [(dict(precision="fp16"), "unknown precision 'fp16'"),

@@ -53,7 +53,7 @@ MODEL = {
     "norm": (one_or_list(string(names.NORMS)), "none"),
     "norm_momentum": (number(0.0, 1.0), 0.1),
     "norm_eps": (number(0.0, lo_open=True), 1e-5),
-    "precision": (string(names.PRECISIONS), "fp32"),
+    "precision": (string(names.PRECISIONS, names.PRECISION_ALIASES), "fp32"),
 }
 
 # an optimizer argument's checker, by the argument's name; the arguments each optimizer takes

@@ -170,9 +170,9 @@ def rmsprop_u(p, g, s1, s2, s3, hp, t, gscale):
 # ---- the same updates on every thread, for large buffers ---------------------------------------
 # An update is one pass over memory (Adam reads p, g, m, v and writes p, m, v): on a large buffer a
 # single thread is bound by its own bandwidth (wide's 6.3M parameters: 6.0 ms per Adam step on one
-# thread). Above MT_MIN_PARAMS the table takes these instead (code + MT): the buffer split in one
-# contiguous chunks that Numba's threads share (_util.chunk), each updated by the serial kernel's
-# loop. Compiled (parallel=True) only for networks that large, or by warmup.
+# thread). Above MT_MIN_PARAMS the table takes these instead (code + MT): the buffer split into
+# contiguous chunks that Numba's threads share (_util.chunk), each updated by the serial kernel.
+# Compiled (parallel=True) only for networks that large, or by warmup.
 MT = 16
 
 
@@ -186,36 +186,36 @@ def _part(x, lo, hi):
 def sgd_u_mt(p, g, s1, s2, s3, hp, t, gscale):
     for c in prange(MT_CHUNKS):
         lo, hi = chunk(p.shape[0], c)
-        sgd_update(p[lo:hi], g[lo:hi], _part(s1, lo, hi), t, hp[SGD_LR], hp[SGD_MOMENTUM], hp[SGD_DAMPENING],
-                   hp[SGD_WEIGHT_DECAY], hp[SGD_NESTEROV] != 0.0, gscale)
+        sgd_u(p[lo:hi], g[lo:hi], _part(s1, lo, hi), s2, s3, hp, t, gscale)
 
 
 @njit(**PARALLEL)
 def adam_u_mt(p, g, s1, s2, s3, hp, t, gscale):
     for c in prange(MT_CHUNKS):
         lo, hi = chunk(p.shape[0], c)
-        adam_update(p[lo:hi], g[lo:hi], s1[lo:hi], s2[lo:hi], _part(s3, lo, hi), t, hp[ADAM_LR], hp[ADAM_BETA1],
-                    hp[ADAM_BETA2], hp[ADAM_EPS], hp[ADAM_WEIGHT_DECAY], hp[ADAM_DECOUPLED] != 0.0,
-                    hp[ADAM_AMSGRAD] != 0.0, hp[ADAM_EPS_HAT] != 0.0, gscale)
+        adam_u(p[lo:hi], g[lo:hi], s1[lo:hi], s2[lo:hi], _part(s3, lo, hi), hp, t, gscale)
 
 
 @njit(**PARALLEL)
 def rmsprop_u_mt(p, g, s1, s2, s3, hp, t, gscale):
     for c in prange(MT_CHUNKS):
         lo, hi = chunk(p.shape[0], c)
-        rmsprop_update(p[lo:hi], g[lo:hi], s1[lo:hi], _part(s2, lo, hi), _part(s3, lo, hi), hp[RMS_LR],
-                       hp[RMS_ALPHA], hp[RMS_EPS], hp[RMS_WEIGHT_DECAY], hp[RMS_MOMENTUM],
-                       hp[RMS_CENTERED] != 0.0, gscale)
+        rmsprop_u(p[lo:hi], g[lo:hi], s1[lo:hi], _part(s2, lo, hi), _part(s3, lo, hi), hp, t, gscale)
+
+
+def threaded_update(n_params, threaded_pool):
+    """Whether a network of ``n_params`` takes the threaded update: from MT_MIN_PARAMS on, where the
+    products' threads are the OpenMP pool Numba's threads use too (``threaded_pool``: bf16 networks,
+    whose products run on oneDNN's OpenMP threads). Beside OpenBLAS's threads, which spin for a
+    while after every product, the threaded update made float32 `wide` 8 % slower (6.5k -> 6.0k
+    samples/s, 3 interleaved rounds in one process), while it made bf16 `wide` 16 % faster
+    (13.1k -> 15.2k)."""
+    return threaded_pool and n_params >= MT_MIN_PARAMS
 
 
 def update_code(kind, n_params, threaded_pool):
-    """The table code of optimizer ``kind``'s update for a buffer of ``n_params``: the threaded
-    kernel from MT_MIN_PARAMS on, where the products' threads are the OpenMP pool Numba's threads
-    use too (``threaded_pool``: bf16 networks, whose products run on oneDNN's OpenMP threads).
-    Beside OpenBLAS's threads, which spin for a while after every product, the threaded update
-    made float32 `wide` 8 % slower (6.5k -> 6.0k samples/s, 3 interleaved rounds in one
-    process), while it made bf16 `wide` 16 % faster (13.1k -> 15.2k)."""
-    return kind + MT if threaded_pool and n_params >= MT_MIN_PARAMS else kind
+    """The table code of optimizer ``kind``'s update (see threaded_update)."""
+    return kind + MT if threaded_update(n_params, threaded_pool) else kind
 
 
 KERNELS = {SGD: sgd_u, ADAM: adam_u, RMSPROP: rmsprop_u,
