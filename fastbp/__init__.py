@@ -5,7 +5,8 @@ Numba kernels over preallocated flat buffers; see README.md for the design.
 
 import numba as _numba
 
-from ._blas import BLAS_INFO, bf16_support, get_blas_threads, set_blas_threads, set_user_threads, user_threads
+from ._blas import (BLAS_INFO, bf16_support, gemm_provider, get_blas_threads, set_blas_threads, set_gemm_provider,
+                    set_user_threads, user_threads)
 from .errors import (DataFileError, DivergenceError, FastbpError, InputError, ModelFileError,
                      ModelNotFoundError)
 from . import callbacks, schedules
@@ -54,4 +55,5 @@ __all__ = ["Network", "History", "callbacks", "schedules", "distributed", "Early
            "TerminateOnNaN", "LambdaCallback", "Constant", "StepDecay", "ExponentialDecay", "CosineAnnealing",
            "InverseScaling", "ReduceLROnPlateau", "SGD", "Adam", "AdamW", "RMSprop", "Optimizer", "set_num_threads",
            "get_num_threads", "get_thread_setting", "FastbpError", "InputError", "ModelFileError", "ModelNotFoundError",
-           "DivergenceError", "DataFileError", "BLAS_INFO", "bf16_support", "__version__"]
+           "DivergenceError", "DataFileError", "BLAS_INFO", "bf16_support", "set_gemm_provider", "gemm_provider",
+           "__version__"]

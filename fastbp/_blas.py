@@ -202,9 +202,8 @@ _GEMM16_C = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_int8, ctypes.c_int8, ctype
 
 
 def _find_onednn():
-    """oneDNN's library (the onednn-cpu-gomp wheel puts it in {prefix}/lib), or None."""
-    if os.environ.get("FASTBP_BF16", "").lower() == "off":
-        return None
+    """oneDNN's library (the onednn-cpu-gomp wheel puts it in {prefix}/lib) as (lib, path), or None.
+    It serves the bf16 products and, where it is faster than OpenBLAS, the float32 ones."""
     paths = [os.path.join(p, "lib", "libdnnl.so.3") for p in dict.fromkeys((sys.prefix, sys.base_prefix))]
     found = ctypes.util.find_library("dnnl")
     for path in paths + ([found] if found else []):
@@ -212,9 +211,12 @@ def _find_onednn():
             lib = ctypes.CDLL(path)
         except OSError:
             continue
-        if hasattr(lib, "dnnl_gemm_bf16bf16f32"):
+        if hasattr(lib, "dnnl_gemm_bf16bf16f32") and hasattr(lib, "dnnl_sgemm"):
             return lib, path
     return None
+
+
+_ONEDNN = _find_onednn()
 
 
 def cpu_bf16():
@@ -233,33 +235,39 @@ def _omp_fallbacks():
     _KEEP.extend((f, g))
 
 
-def _setup_bf16():
-    info = {"bf16_provider": None, "bf16_library": None, "bf16_cpu": cpu_bf16()}
-    found = _find_onednn()
-    set_omp = None
-    if found is not None:
-        lib, path = found
-        llvm.add_symbol("fastbp_gemm_bf16", _address(lib.dnnl_gemm_bf16bf16f32))
-        info.update(bf16_provider="onednn", bf16_library=path)
-        try:   # oneDNN's OpenMP threads (the gomp build): the same count as the BLAS's (principle 6)
+def _setup_omp():
+    """oneDNN's OpenMP threads (the gomp build): the count is set with the BLAS's (principle 6)."""
+    if _ONEDNN is not None:
+        try:
             omp = ctypes.CDLL("libgomp.so.1")
             set_omp = omp.omp_set_num_threads
             set_omp.argtypes = [ctypes.c_int]
             llvm.add_symbol("fastbp_omp_set_num_threads", _address(omp.omp_set_num_threads))
             llvm.add_symbol("fastbp_omp_get_max_threads", _address(omp.omp_get_max_threads))
+            return omp
         except (OSError, AttributeError):
-            set_omp = None
-            _omp_fallbacks()
+            pass
+    _omp_fallbacks()
+    return None
+
+
+def _setup_bf16():
+    info = {"bf16_provider": None, "bf16_library": None, "bf16_cpu": cpu_bf16()}
+    found = None if os.environ.get("FASTBP_BF16", "").lower() == "off" else _ONEDNN
+    if found is not None:
+        lib, path = found
+        llvm.add_symbol("fastbp_gemm_bf16", _address(lib.dnnl_gemm_bf16bf16f32))
+        info.update(bf16_provider="onednn", bf16_library=path)
     else:
         f = _GEMM16_C(_fallback_gemm16)
         llvm.add_symbol("fastbp_gemm_bf16", _address(f))
         _KEEP.append(f)
-        _omp_fallbacks()
-    return info, set_omp
+    return info
 
 
-_bf16_info, _set_omp_threads = _setup_bf16()
-BLAS_INFO.update(_bf16_info)
+_OMP = _setup_omp()
+_set_omp_threads = _OMP.omp_set_num_threads if _OMP is not None else None
+BLAS_INFO.update(_setup_bf16())
 _gemm16 = types.ExternalFunction("fastbp_gemm_bf16", _gemm16_sig())
 _omp_set = types.ExternalFunction("fastbp_omp_set_num_threads", types.void(types.int32))
 _omp_get = types.ExternalFunction("fastbp_omp_get_max_threads", types.int32())
@@ -304,6 +312,158 @@ def gemm_bf16(trans_a, trans_b, A, B, beta, C):
             max(1, n))
     if nt > 1:
         _omp_set(nt)
+
+
+# ---- the float32 provider, per product ------------------------------------------------------------------------
+# Where oneDNN is installed, fastbp_sgemm points at a small router written in LLVM IR (compiled
+# here, ~15 ms; nothing Numba compiles or caches changes): a product of m*n*k >= @onednn_mnk goes
+# to oneDNN's dnnl_sgemm, any other to OpenBLAS's cblas_sgemm. The bound is a runtime value, so
+# the provider can change between fits (set_gemm_provider) without recompiling a kernel.
+# oneDNN would start its OpenMP team for any size, so products below @serial_mnk run it on one
+# thread (as gemm_bf16 does). With the bound at INT64_MAX the router is OpenBLAS plus one
+# indirect call.
+_ROUTE_IR = r"""
+@blas = global ptr null
+@dnnl = global ptr null
+@omp_get = global ptr null
+@omp_set = global ptr null
+@onednn_mnk = global i64 9223372036854775807
+@serial_mnk = global i64 0
+
+define void @fastbp_sgemm_route(i32 %order, i32 %ta, i32 %tb, i64 %m, i64 %n, i64 %k, float %alpha, ptr %A,
+                                i64 %lda, ptr %B, i64 %ldb, float %beta, ptr %C, i64 %ldc) {
+entry:
+  %mn = mul i64 %m, %n
+  %mnk = mul i64 %mn, %k
+  %lim = load i64, ptr @onednn_mnk
+  %big = icmp sge i64 %mnk, %lim
+  %k0 = icmp sgt i64 %k, 0
+  %use = and i1 %big, %k0
+  br i1 %use, label %onednn, label %openblas
+openblas:
+  %f = load ptr, ptr @blas
+  call void %f(i32 %order, i32 %ta, i32 %tb, i64 %m, i64 %n, i64 %k, float %alpha, ptr %A, i64 %lda, ptr %B,
+               i64 %ldb, float %beta, ptr %C, i64 %ldc)
+  ret void
+onednn:
+  %tta = icmp eq i32 %ta, 112
+  %ca = select i1 %tta, i8 84, i8 78
+  %ttb = icmp eq i32 %tb, 112
+  %cb = select i1 %ttb, i8 84, i8 78
+  %g = load ptr, ptr @dnnl
+  %slim = load i64, ptr @serial_mnk
+  %small = icmp slt i64 %mnk, %slim
+  br i1 %small, label %serial, label %threaded
+serial:
+  %get = load ptr, ptr @omp_get
+  %nt = call i32 %get()
+  %many = icmp sgt i32 %nt, 1
+  br i1 %many, label %one, label %threaded
+one:
+  %set = load ptr, ptr @omp_set
+  call void %set(i32 1)
+  %s1 = call i32 %g(i8 %ca, i8 %cb, i64 %m, i64 %n, i64 %k, float %alpha, ptr %A, i64 %lda, ptr %B, i64 %ldb,
+                    float %beta, ptr %C, i64 %ldc)
+  call void %set(i32 %nt)
+  ret void
+threaded:
+  %s2 = call i32 %g(i8 %ca, i8 %cb, i64 %m, i64 %n, i64 %k, float %alpha, ptr %A, i64 %lda, ptr %B, i64 %ldb,
+                    float %beta, ptr %C, i64 %ldc)
+  ret void
+}
+"""
+_NEVER = (1 << 63) - 1
+# Measured on an AMD EPYC Zen 5 (OpenBLAS 0.3.31 runs its Haswell kernels there; oneDNN 3.2),
+# from compiled code, 1 and 2 threads: oneDNN takes over from ONEDNN_MIN_MNK, and runs products
+# below SGEMM_SERIAL_MNK on one thread. See README "Where the products go".
+ONEDNN_MIN_MNK = 0
+SGEMM_SERIAL_MNK = 1 << 19
+# OpenBLAS's AVX-512 kernel sets: where OpenBLAS runs one of these, it is level with oneDNN
+# (Intel Xeon with AMX, 2026-12-02: oneDNN 10 % faster on 1 thread, level on 2), and stays
+AVX512_CORES = ("skylakex", "cooperlake", "sapphirerapids")
+GEMM_PROVIDERS = ("auto", "openblas", "onednn")
+_ROUTE = {"engine": None, "setting": "auto", "why": "", "missing": ""}
+
+
+def _openblas_core(info):
+    cfg = (info.get("config") or "").split()
+    for i, word in enumerate(cfg):
+        if word.startswith("MAX_THREADS") and i > 0:
+            return cfg[i - 1]
+    return None
+
+
+def _setup_route(info):
+    """Install the router where OpenBLAS and oneDNN both are; return the BLAS_INFO fields."""
+    out = {"sgemm_provider": info["provider"], "sgemm_onednn": None, "openblas_core": _openblas_core(info)}
+    if info["provider"] != "numpy-openblas":
+        _ROUTE["missing"] = "NumPy's OpenBLAS is not in use (FASTBP_BLAS=numba, or none found)"
+    elif _ONEDNN is None:
+        _ROUTE["missing"] = "oneDNN is not installed (pip install 'fastbp[bf16]', i.e. onednn-cpu-gomp)"
+    elif _OMP is None:
+        _ROUTE["missing"] = "oneDNN's OpenMP runtime (libgomp.so.1) did not load"
+    if _ROUTE["missing"]:
+        return out
+    llvm.initialize_native_target()
+    llvm.initialize_native_asmprinter()
+    mod = llvm.parse_assembly(_ROUTE_IR)
+    mod.verify()
+    engine = llvm.create_mcjit_compiler(mod, llvm.Target.from_default_triple().create_target_machine(opt=2))
+    engine.finalize_object()
+    for name, value in (("blas", llvm.address_of_symbol("fastbp_sgemm")), ("dnnl", _address(_ONEDNN[0].dnnl_sgemm)),
+                        ("omp_get", _address(_OMP.omp_get_max_threads)),
+                        ("omp_set", _address(_OMP.omp_set_num_threads))):
+        ctypes.c_void_p.from_address(engine.get_global_value_address(name)).value = value
+    ctypes.c_int64.from_address(engine.get_global_value_address("serial_mnk")).value = SGEMM_SERIAL_MNK
+    llvm.add_symbol("fastbp_sgemm", engine.get_function_address("fastbp_sgemm_route"))
+    _ROUTE["engine"] = engine
+    out["sgemm_onednn"] = _ONEDNN[1]
+    return out
+
+
+def _auto_provider(info, features=None):
+    """("onednn" | "openblas", why) for this machine: the rule measured so far (see AVX512_CORES)."""
+    core = info.get("openblas_core") or "?"
+    features = llvm.get_host_cpu_features() if features is None else features
+    if features.get("avx512f", False) and core.lower() not in AVX512_CORES:
+        return "onednn", (f"OpenBLAS runs its {core} kernels (no AVX-512) on this AVX-512 CPU; oneDNN's "
+                          f"sgemm is AVX-512 code")
+    return "openblas", f"OpenBLAS runs its {core} kernels, level with oneDNN's"
+
+
+def set_gemm_provider(name):
+    """Which library computes the float32 products of every fit from now on: "auto" (the rule of
+    _auto_provider), "openblas" or "onednn" (which needs oneDNN, the ``bf16`` extra, beside NumPy's
+    OpenBLAS). Float64 products are always OpenBLAS's. Returns the setting in force before."""
+    if name not in GEMM_PROVIDERS:
+        raise ValueError(f"gemm provider must be one of {', '.join(map(repr, GEMM_PROVIDERS))}, got {name!r}")
+    before, engine = _ROUTE["setting"], _ROUTE["engine"]
+    if engine is None:   # no router: the one provider there is
+        if name == "onednn":
+            raise ValueError(f"gemm provider 'onednn' is not available here: {_ROUTE['missing']}")
+        provider, why = BLAS_INFO["provider"], _ROUTE["missing"]
+    else:
+        provider, why = _auto_provider(BLAS_INFO) if name == "auto" else (name, "set by the user")
+        ctypes.c_int64.from_address(engine.get_global_value_address("onednn_mnk")).value = (
+            ONEDNN_MIN_MNK if provider == "onednn" else _NEVER)
+    _ROUTE.update(setting=name, why=why)
+    BLAS_INFO.update(sgemm_provider=provider, sgemm_setting=name, sgemm_why=why)
+    return before
+
+
+def gemm_provider():
+    """(setting, provider in force, why) for the float32 products: see set_gemm_provider."""
+    return _ROUTE["setting"], BLAS_INFO["sgemm_provider"], _ROUTE["why"]
+
+
+BLAS_INFO.update(_setup_route(BLAS_INFO))
+_env_provider = os.environ.get("FASTBP_SGEMM", "auto").lower() or "auto"
+try:
+    set_gemm_provider(_env_provider)
+except ValueError as e:
+    import warnings
+    warnings.warn(f"FASTBP_SGEMM={_env_provider!r} ignored: {e}", RuntimeWarning, stacklevel=2)
+    set_gemm_provider("auto")
 
 
 def set_blas_threads(n):
@@ -369,15 +529,31 @@ DIRECT_CORES = ("skylakex", "cooperlake", "sapphirerapids")
 
 
 def _direct_kernels(info):
+    # (OpenBLAS's trick: not where oneDNN computes the float32 products, set_gemm_provider)
     return (info["provider"] == "numpy-openblas" and info.get("omatcopy") == "numpy-openblas"
+            and info.get("sgemm_provider", "openblas") != "onednn"
             and any(core in (info.get("config") or "").lower() for core in DIRECT_CORES))
+
+
+# oneDNN (set_gemm_provider): its transposed dX product is slower than W^T copied out plus the
+# plain product on small layers at any thread count (32x64x64: 2.6 -> 1.8 us, 200x64x100:
+# 13.3 -> 12.5 on 1 thread) and on large ones on 2 threads (64x512x512: 220 -> 130 us,
+# 256x1024x2048: 4.4-4.6 -> 3.5-3.9 ms, 256x2048x2048: 7.9-9.0 -> 7.5-7.7), but not on large
+# ones on 1 thread (256x1024x2048: 5.7 -> 6.3 ms) nor mid-sized ones (128x256x128: level);
+# Zen 5, 3 alternated runs. Large means a product the thread policy gives more than one
+# thread (POLICY_MIN_MNK), when more than one is there to give.
 
 
 def dx_via_transpose(m, n_in, n_out, dtype):
     """Whether a layer's dX = dZ W^T, dZ (m, n_out), W (n_in, n_out), should be computed as
-    dZ @ (W^T copied out) rather than as a transposed product (see DIRECT_MNK)."""
-    return (_direct_kernels(BLAS_INFO) and np.dtype(dtype) == np.float32
-            and (m * n_in * n_out <= DIRECT_MNK or n_out == 1))
+    dZ @ (W^T copied out) rather than as a transposed product (see DIRECT_MNK and above)."""
+    if np.dtype(dtype) != np.float32:
+        return False
+    mnk = m * n_in * n_out
+    if BLAS_INFO.get("sgemm_provider") == "onednn":
+        return (mnk <= DIRECT_MNK or n_out == 1
+                or (mnk >= POLICY_MIN_MNK and (_USER["threads"] or cores()) > 1))
+    return _direct_kernels(BLAS_INFO) and (mnk <= DIRECT_MNK or n_out == 1)
 
 
 # ---- the default thread policy ----------------------------------------------------------------------------------

@@ -9,6 +9,16 @@ def rng():
     return np.random.default_rng(12345)
 
 
+@pytest.fixture(params=["openblas", "onednn"])
+def gemm_provider(request):
+    """Every float32 product on OpenBLAS, then on oneDNN (skipped where oneDNN cannot serve them)."""
+    if request.param == "onednn" and not fb.BLAS_INFO.get("sgemm_onednn"):
+        pytest.skip("no oneDNN beside NumPy's OpenBLAS here (the test extra installs it on Linux x86-64)")
+    before = fb.set_gemm_provider(request.param)
+    yield request.param
+    fb.set_gemm_provider(before)
+
+
 @pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
 def threads(request):
     before = fb.get_num_threads()

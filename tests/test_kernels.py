@@ -82,7 +82,7 @@ GEMM_SHAPES = [(1, 1, 1), (7, 1, 33), (1, 33, 7), (33, 7, 1), (7, 33, 33),
 @pytest.mark.parametrize("m,n,k", GEMM_SHAPES, ids=[f"m{m}-n{n}-k{k}" for m, n, k in GEMM_SHAPES])
 @pytest.mark.parametrize("trans", ["NN", "NT", "TN", "TT"])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_gemm_matches_naive(dtype, trans, m, n, k, threads, rng):
+def test_gemm_matches_naive(dtype, trans, m, n, k, threads, gemm_provider, rng):
     ta, tb = trans[0] == "T", trans[1] == "T"
     A = rng.standard_normal((k, m) if ta else (m, k)).astype(dtype)
     B = rng.standard_normal((n, k) if tb else (k, n)).astype(dtype)
@@ -101,7 +101,7 @@ def test_gemm_matches_naive(dtype, trans, m, n, k, threads, rng):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_gemm_empty_inner_dimension_scales_c(dtype):
+def test_gemm_empty_inner_dimension_scales_c(dtype, gemm_provider):
     A, B = np.zeros((3, 0), dtype), np.zeros((0, 4), dtype)
     C = np.full((3, 4), np.nan, dtype)
     gemm(False, False, 1.0, A, B, 0.0, C)
@@ -178,7 +178,7 @@ def dense_data(rng, shape, dtype):
 
 @pytest.mark.parametrize("shape", DENSE_SHAPES, ids=shape_id)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_dense_forward_matches_naive(dtype, shape, threads, rng):
+def test_dense_forward_matches_naive(dtype, shape, threads, gemm_provider, rng):
     X, W, b = dense_data(rng, shape, dtype)
     Z = np.full((shape[0], shape[2]), np.nan, dtype)
     dense_forward(Z, X, W, b)
@@ -189,7 +189,7 @@ def test_dense_forward_matches_naive(dtype, shape, threads, rng):
 @pytest.mark.parametrize("need_dx", [True, False], ids=["dx", "no_dx"])
 @pytest.mark.parametrize("shape", DENSE_SHAPES, ids=shape_id)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_dense_backward_matches_naive(dtype, shape, need_dx, threads, rng):
+def test_dense_backward_matches_naive(dtype, shape, need_dx, threads, gemm_provider, rng):
     n, n_in, n_out = shape
     X, W, _ = dense_data(rng, shape, dtype)
     dZ = rng.standard_normal((n, n_out)).astype(dtype)

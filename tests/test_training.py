@@ -91,19 +91,28 @@ DIRECT_INFO = {"provider": "numpy-openblas", "omatcopy": "numpy-openblas",
                "config": "OpenBLAS 0.3.31 USE64BITINT DYNAMIC_ARCH NO_AFFINITY SkylakeX MAX_THREADS=64"}
 
 
-@pytest.mark.parametrize("blas_info", ["this machine's", "with direct kernels", "without"])
+@pytest.mark.parametrize("blas_info", ["this machine's", "with direct kernels", "without", "onednn 1 thread",
+                                       "onednn 2 threads"])
 def test_dx_via_transpose_only_where_it_pays(blas_info, monkeypatch):
     # small float32 layers take dX = dZ (W^T copied) (OpenBLAS's direct small-matrix path), others dZ W^T;
-    # the layer table is checked for a BLAS with and one without those kernels on every CPU
-    if blas_info != "this machine's":
-        monkeypatch.setattr(blas, "BLAS_INFO", DIRECT_INFO if blas_info == "with direct kernels"
-                            else dict(DIRECT_INFO, config=DIRECT_INFO["config"].replace("SkylakeX", "Haswell")))
-    ours = _direct_kernels(blas.BLAS_INFO)
-    assert ours == (blas_info == "with direct kernels") or blas_info == "this machine's"
+    # the layer table is checked for a BLAS with and one without those kernels on every CPU. Where
+    # oneDNN computes the products, small layers and (on more than one thread) large ones take the copy.
+    haswell = dict(DIRECT_INFO, config=DIRECT_INFO["config"].replace("SkylakeX", "Haswell"))
+    if blas_info.startswith("onednn"):
+        monkeypatch.setattr(blas, "BLAS_INFO", dict(haswell, sgemm_provider="onednn"))
+        monkeypatch.setitem(blas._USER, "threads", int(blas_info.split()[1]))
+    elif blas_info != "this machine's":
+        monkeypatch.setattr(blas, "BLAS_INFO", DIRECT_INFO if blas_info == "with direct kernels" else haswell)
+    onednn = blas.BLAS_INFO.get("sgemm_provider") == "onednn"
+    ours = onednn or _direct_kernels(blas.BLAS_INFO)
+    assert ours == (blas_info == "with direct kernels" or onednn) or blas_info == "this machine's"
     wt = lambda net, m: list(net._workspace(m)[1][:, K.WT])  # noqa: E731
     assert wt(fb.Network([64, 64, 64, 10]), 32) == ([0, 1, 1] if ours else [0, 0, 0])
     assert wt(fb.Network([64, 64, 64, 10], dtype=np.float64), 32) == [0, 0, 0]
-    assert wt(fb.Network([784, 512, 512, 1]), 256) == ([0, 0, 1] if ours else [0, 0, 0])
+    threads = blas._USER["threads"] or blas.cores()
+    assert wt(fb.Network([784, 512, 512, 1]), 256) == ([0, int(onednn and threads > 1), 1] if ours else [0, 0, 0])
+    # mid-sized (128x256x128) never; large (128 x 128 x 2048) only with oneDNN on > 1 thread
+    assert wt(fb.Network([16, 256, 128, 2048, 3]), 128)[1:3] == [0, int(onednn and threads > 1)]
 
 
 def test_dx_via_transpose_needs_openblas_small_kernels_and_its_omatcopy():
@@ -115,6 +124,7 @@ def test_dx_via_transpose_needs_openblas_small_kernels_and_its_omatcopy():
     assert not _direct_kernels(dict(info, config=None))
     assert not _direct_kernels(dict(info, omatcopy="numba-fallback"))
     assert not _direct_kernels(dict(info, provider="numba-fallback"))
+    assert not _direct_kernels(dict(info, sgemm_provider="onednn"))   # oneDNN computes the products
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.3])
@@ -260,7 +270,7 @@ def _nrt_allocs():
 
 @pytest.mark.parametrize("precision", ["fp32", pytest.param("bf16", marks=pytest.mark.skipif(
     not fb.bf16_support()[0], reason=f"bf16 cannot run here: {fb.bf16_support()[1]}"))])
-def test_steady_state_training_allocates_nothing(rng, precision):
+def test_steady_state_training_allocates_nothing(rng, precision, gemm_provider):
     X, y = make_data(rng, 4000, 32, 10, "cross_entropy", np.float32)
     net = fb.Network([32, 128, 128, 10], seed=0, dropout=[0.1, 0.0], precision=precision)
     assert net.compute_precision == precision

@@ -54,6 +54,36 @@ class TrainStepPrecision:
         self.net.train_step(self.X, self.y, self.opt)
 
 
+class TrainStepProvider:
+    """One Network.train_step with every float32 product on OpenBLAS or on oneDNN
+    (fastbp.set_gemm_provider). Skipped where oneDNN cannot serve them (not installed, or no
+    OpenBLAS beside it) and on commits before the setting existed."""
+    params = [["small", "mnist", "wide"], ["openblas", "onednn"]]
+    param_names = ["workload", "provider"]
+
+    def setup(self, workload, provider):
+        import fastbp as fb
+        if getattr(fb, "set_gemm_provider", None) is None:
+            raise NotImplementedError("this fastbp has no gemm provider setting")
+        try:
+            self.before = fb.set_gemm_provider(provider)
+        except ValueError as e:
+            raise NotImplementedError(str(e))
+        use_threads()
+        spec = WORKLOADS[workload]
+        X, y = make_data(workload, quick=True)
+        self.X, self.y = X[:spec["batch"]], y[:spec["batch"]]
+        self.net, self.opt = make_network(spec)
+        self.net.train_step(self.X, self.y, self.opt)
+
+    def teardown(self, workload, provider):
+        import fastbp as fb
+        fb.set_gemm_provider(self.before)
+
+    def time_train_step(self, workload, provider):
+        self.net.train_step(self.X, self.y, self.opt)
+
+
 class Epoch:
     """One Network.fit epoch over 8192 samples (shuffled, the workload's batch size)."""
     params = [NAMES]

@@ -13,7 +13,7 @@ from .peers import BF16_PEERS, PEER_MODULES, PEERS, available
 from .report import LOSS_RTOL, fmt_rate, machine_info, plot, print_table, summarise
 from .timing import PROBE_N, PROBE_N_QUICK, PROBE_SLOW, fmt_gflops, machine_probe, slow_rounds, starved
 from .worker import run_worker, worker, write_data
-from .workloads import WORKLOADS
+from .workloads import STANDARD, WORKLOADS
 
 def parse_list(values, allowed, what):
     out = []
@@ -26,14 +26,15 @@ def parse_list(values, allowed, what):
 
 
 def driver(args):
-    workloads = parse_list(args.workload, WORKLOADS, "workload") or list(WORKLOADS)
-    default = {"fp32": [p for p in PEERS if p not in BF16_PEERS], "both": list(PEERS),
+    workloads = parse_list(args.workload, WORKLOADS, "workload") or list(STANDARD)
+    import fastbp as fb
+    fp32 = [p for p in PEERS if p not in BF16_PEERS and (p != "fastbp-openblas" or fb.gemm_provider()[1] != "openblas")]
+    default = {"fp32": fp32, "both": fp32 + list(BF16_PEERS),
                "bf16": ["fastbp", "torch-fused", "sgemm"] + list(BF16_PEERS)}[args.precision]
     asked = parse_list([args.peers] if args.peers else None, PEERS, "peer") or default
     peers = [p for p in PEERS if p in asked]
     notes = [f"{p} skipped: {PEER_MODULES[p]} is not installed" for p in peers if not available(p)]
     peers = [p for p in peers if available(p)]
-    import fastbp as fb
     ok16, why16 = fb.bf16_support()
     if "fastbp-bf16" in peers and not ok16:
         notes.append(f"fastbp-bf16 skipped: {why16}")
@@ -46,6 +47,9 @@ def driver(args):
     print("  " + "  ".join(f"{k} {info[k] or 'n/a'}" for k in
                            ("python", "numpy", "numba", "torch", "jax", "sklearn", "fastbp")) +
           f"  fastbp BLAS: {info['fastbp_blas']}")
+    setting, provider, why = fb.gemm_provider()
+    print(f"  fastbp float32 products: {provider} for every layer and direction (gemm provider {setting!r}: {why})"
+          + ("; fastbp-openblas: the same fit with every float32 product on OpenBLAS" if "fastbp-openblas" in peers else ""))
     print(f"  {args.rounds} round(s), peers interleaved in each ({', '.join(peers)}); each in its own process; "
           f"1 warm-up epoch then {args.epochs} timed epoch(s); no shuffling: every peer trains on the "
           f"same batches in the same order from the same initial weights"
@@ -140,7 +144,7 @@ def main(argv=None):
     doc = sys.modules[__package__].__doc__     # the package's docstring: its first paragraph
     ap = argparse.ArgumentParser(prog="python -m fastbp.bench", description=doc.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--workload", action="append", help="name or comma list, repeatable (default: all four)")
+    ap.add_argument("--workload", action="append", help=f"name or comma list, repeatable, of {','.join(WORKLOADS)} (default: the four standard ones)")
     ap.add_argument("--peers", help=f"comma list, a subset of {','.join(PEERS)} (default: all installed)")
     ap.add_argument("--precision", choices=("fp32", "bf16", "both"), default="fp32",
                     help="fp32: the float32 peers; bf16: fastbp-bf16 and torch-bf16 (autocast, fused Adam) beside "

@@ -10,7 +10,7 @@ import numpy as np
 from .timing import batches, gemm_rate, limit_blas_threads, time_predict, time_training
 from .workloads import BETAS, EPS, make_network
 
-PEERS = ("fastbp", "torch", "torch-fused", "jax", "sklearn", "numpy", "sgemm", "fastbp-bf16", "torch-bf16")
+PEERS = ("fastbp", "fastbp-openblas", "torch", "torch-fused", "jax", "sklearn", "numpy", "sgemm", "fastbp-bf16", "torch-bf16")
 PEER_MODULES = {"torch": "torch", "torch-fused": "torch", "jax": "jax", "sklearn": "sklearn", "torch-bf16": "torch"}
 # the bf16 mixed-precision peers (``--precision bf16``): fastbp with Network(precision="bf16"), and
 # torch under torch.autocast("cpu", torch.bfloat16) with float32 parameters and fused Adam/SGD
@@ -22,10 +22,11 @@ def available(peer):
     return mod is None or importlib.util.find_spec(mod) is not None
 
 
-def run_fastbp(spec, X, y, weights, threads, epochs, precision="fp32"):
+def run_fastbp(spec, X, y, weights, threads, epochs, precision="fp32", gemm="auto"):
     import fastbp as fb
     from fastbp.network import PREDICT_BATCH
     fb.set_num_threads(threads)  # the one knob: no thread environment variables for fastbp
+    fb.set_gemm_provider(gemm)
     net, opt = make_network(spec, precision)
     if net.compute_precision != precision:
         raise RuntimeError(f"precision={precision!r} is not available here: {fb.bf16_support()[1]}")
@@ -38,6 +39,7 @@ def run_fastbp(spec, X, y, weights, threads, epochs, precision="fp32"):
     out["predict_samples_per_s"] = time_predict(lambda: net.predict_proba(X), X.shape[0])
     out["predict_batch"] = PREDICT_BATCH
     out["library"] = {"fastbp": fb.__version__, "blas": fb.BLAS_INFO.get("provider"),
+                      "sgemm_provider": fb.gemm_provider()[1],
                       "numba_threads": fb.get_num_threads(), "precision": net.compute_precision}
     if precision == "bf16":
         out["library"]["bf16_provider"] = fb.BLAS_INFO.get("bf16_provider")
@@ -302,18 +304,23 @@ def run_sgemm(spec, X, y, weights, threads, epochs, quick=False):
     d_in, d_out = layers[l], layers[l + 1]
     shapes = {"forward": (B, d_in, d_out, False, False), "dW": (d_in, B, d_out, True, False),
               "dX": (B, d_out, d_in, False, True)}
-    rates = {name: gemm_rate(*s) for name, s in shapes.items()}
     flops = {name: 2.0 * s[0] * s[1] * s[2] for name, s in shapes.items()}
-    layer_rate = sum(flops.values()) / sum(flops[k] / rates[k] for k in rates)
     big = 512 if quick else 2048
-    return {"samples_per_s": None, "layer": [d_in, d_out], "batch": B, "gemm_gflops": rates,
-            "gemm_layer_gflops": layer_rate, "gemm_square_n": big,
-            "gemm_square_gflops": gemm_rate(big, big, big, min_time=0.1 if not quick else 0.01,
-                                            reps=5 if not quick else 2),
-            "library": {"numpy": np.__version__}}
+    out = {"samples_per_s": None, "layer": [d_in, d_out], "batch": B, "gemm_square_n": big,
+           "library": {"numpy": np.__version__}}
+    # NumPy's matmul (OpenBLAS), and where fastbp's float32 products go to oneDNN, oneDNN's rate
+    # through fastbp's own product (compiled code: no Python call in the loop)
+    import fastbp as fb
+    for key, provider in [("", None)] + ([("onednn_", "onednn")] if fb.gemm_provider()[1] == "onednn" else []):
+        rates = {name: gemm_rate(*s, provider=provider) for name, s in shapes.items()}
+        out[key + "gemm_gflops"] = rates
+        out[key + "gemm_layer_gflops"] = sum(flops.values()) / sum(flops[k] / rates[k] for k in rates)
+        out[key + "gemm_square_gflops"] = gemm_rate(big, big, big, min_time=0.1 if not quick else 0.01,
+                                                    reps=5 if not quick else 2, provider=provider)
+    return out
 
 
-RUNNERS = {"fastbp": run_fastbp, "torch": run_torch,
+RUNNERS = {"fastbp": run_fastbp, "fastbp-openblas": lambda *a: run_fastbp(*a, gemm="openblas"), "torch": run_torch,
            "torch-fused": lambda *a: run_torch(*a, fused=True), "jax": run_jax,
            "sklearn": run_sklearn, "numpy": run_numpy, "sgemm": run_sgemm,
            "fastbp-bf16": lambda *a: run_fastbp(*a, precision="bf16"),

@@ -108,7 +108,7 @@ def print_table(summary, notes):
            else f"SGD lr {spec['lr']:g} momentum {spec['momentum']:g}")
     print(f"\n== {name}: {layers} {spec['activation']}, {spec['output']}/{spec['loss']}, {opt}, "
           f"batch {spec['batch']}, {n_weights(spec['layers']):,} weights")
-    head = (f"{'peer':<12} {'samples/s median (min-max)':>28} {'GFLOP/s':>8} {'1st epoch s':>11} "
+    head = (f"{'peer':<15} {'samples/s median (min-max)':>28} {'GFLOP/s':>8} {'1st epoch s':>11} "
             f"{'loss 1st -> last':>19} {'check':>8} {'fastbp/peer':>11} {'predict/s':>9} {'cpu/wall':>8}")
     print(head)
     print("-" * len(head))
@@ -116,7 +116,7 @@ def print_table(summary, notes):
         if p == "sgemm":
             continue
         if "samples_per_s" not in row:
-            print(f"{p:<12} ERROR: {'; '.join(row['errors'])[:200]}")
+            print(f"{p:<15} ERROR: {'; '.join(row['errors'])[:200]}")
             continue
         rng = f"{fmt_rate(row['samples_per_s'])} ({fmt_rate(row['samples_per_s_min'])}-" \
               f"{fmt_rate(row['samples_per_s_max'])})"
@@ -125,25 +125,31 @@ def print_table(summary, notes):
             check = "ref"
         ratio = f"{row['ratio']:.2f}" if "ratio" in row else "-"
         loss = f"{row['loss_first']:.4f} -> {row['loss_last']:.4f}"
-        print(f"{p:<12} {rng:>28} {row['gflops']:>8.2f} {row['first_epoch_s']:>11.2f} {loss:>19} "
+        print(f"{p:<15} {rng:>28} {row['gflops']:>8.2f} {row['first_epoch_s']:>11.2f} {loss:>19} "
               f"{check:>8} {ratio:>11} {fmt_rate(row.get('predict_samples_per_s')):>9} {row['cpu_per_wall']:>8.2f}")
         if row["errors"]:
-            print(f"{'':<12} ({len(row['errors'])} failed run(s): {row['errors'][0][:150]})")
+            print(f"{'':<15} ({len(row['errors'])} failed run(s): {row['errors'][0][:150]})")
         if "loss_reference" in row:
-            print(f"{'':<12} (1st-epoch loss checked against {row['loss_reference']}: "
+            print(f"{'':<15} (1st-epoch loss checked against {row['loss_reference']}: "
                   f"{row['loss_reference_value']:.4f})")
         elif (p == "sklearn" and spec["loss"] == "cross_entropy" and row.get("loss_ok") is False
               and row["loss_first"] < summary["peers"][summary["loss_reference"]]["loss_first"]):
-            print(f"{'':<12} (sklearn's log-loss clips p at float32 eps; add the numpy peer to check it "
+            print(f"{'':<15} (sklearn's log-loss clips p at float32 eps; add the numpy peer to check it "
                   f"with the same convention)")
     g = summary["peers"].get("sgemm")
     if g and "gemm_layer_gflops" in g:
         line = (f"sgemm (NumPy matmul, float32): layer {g['layer'][0]}x{g['layer'][1]} at batch {spec['batch']} "
                 f"{g['gemm_layer_gflops']:.1f} GFLOP/s; {g['gemm_square_n']}^3 {g['gemm_square_gflops']:.1f} GFLOP/s")
         fb_row = summary["peers"].get("fastbp", {})
+        if "onednn_gemm_layer_gflops" in g:   # fastbp's float32 products go to oneDNN here: its rates are the bound
+            line += (f"; oneDNN (fastbp's provider here): layer {g['onednn_gemm_layer_gflops']:.1f}, "
+                     f"{g['gemm_square_n']}^3 {g['onednn_gemm_square_gflops']:.1f} GFLOP/s")
+            key = "onednn_"
+        else:
+            key = ""
         if "gflops" in fb_row:
-            line += (f"; fastbp reaches {100 * fb_row['gflops'] / g['gemm_layer_gflops']:.1f}% of the layer rate, "
-                     f"{100 * fb_row['gflops'] / g['gemm_square_gflops']:.1f}% of the square rate")
+            line += (f"; fastbp reaches {100 * fb_row['gflops'] / g[key + 'gemm_layer_gflops']:.1f}% of that layer "
+                     f"rate, {100 * fb_row['gflops'] / g[key + 'gemm_square_gflops']:.1f}% of that square rate")
         print(line)
     elif g and g["errors"]:
         print(f"sgemm ERROR: {g['errors'][0][:200]}")

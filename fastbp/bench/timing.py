@@ -53,22 +53,52 @@ def batches(n, batch):
     return [(i, min(i + batch, n)) for i in range(0, n, batch)]
 
 
-def gemm_rate(m, k, n, trans_a=False, trans_b=False, min_time=0.02, reps=5, pick=min):
-    """float32 GFLOP/s of NumPy's matmul for C (m, n) = op(A) op(B), from ``reps`` timings of a
-    loop long enough to take ``min_time`` seconds: the best one (``pick=min``) or, say, the
-    median (``pick=statistics.median``)."""
+def _fastbp_gemm_loop():
+    from numba import njit
+
+    from .._blas import gemm
+
+    @njit(cache=True)
+    def run(ta, tb, A, B, C, count):
+        for _ in range(count):
+            gemm(ta, tb, 1.0, A, B, 0.0, C)
+    return run
+
+
+def gemm_rate(m, k, n, trans_a=False, trans_b=False, min_time=0.02, reps=5, pick=min, provider=None):
+    """float32 GFLOP/s of NumPy's matmul (``provider=None``), or of fastbp's own product with
+    every float32 product on ``provider`` ("openblas", "onednn": ``fastbp.set_gemm_provider``)
+    from compiled code, for C (m, n) = op(A) op(B), from ``reps`` timings of a loop long enough
+    to take ``min_time`` seconds: the best one (``pick=min``) or, say, the median
+    (``pick=statistics.median``)."""
     rng = np.random.default_rng(0)
     A = rng.standard_normal((k, m) if trans_a else (m, k), dtype=np.float32)
     B = rng.standard_normal((n, k) if trans_b else (k, n), dtype=np.float32)
-    A, B = (A.T if trans_a else A), (B.T if trans_b else B)
     C = np.empty((m, n), np.float32)
+    if provider is not None:
+        import fastbp as fb
+        run, before = _fastbp_gemm_loop(), fb.set_gemm_provider(provider)
+
+        def loop(count):
+            t0 = time.perf_counter()
+            run(trans_a, trans_b, A, B, C, count)
+            return time.perf_counter() - t0
+        try:
+            return _rate(loop, m, n, k, min_time, reps, pick)
+        finally:
+            fb.set_gemm_provider(before)
+    A, B = (A.T if trans_a else A), (B.T if trans_b else B)
 
     def loop(count):
         t0 = time.perf_counter()
         for _ in range(count):
             np.matmul(A, B, out=C)
         return time.perf_counter() - t0
+    return _rate(loop, m, n, k, min_time, reps, pick)
 
+
+def _rate(loop, m, n, k, min_time, reps, pick):
+    """GFLOP/s of an m x n x k product from ``loop(count)`` (seconds for ``count`` products)."""
     count = 1
     while loop(count) < min_time and count < 1 << 20:
         count *= 2

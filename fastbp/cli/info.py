@@ -105,7 +105,7 @@ def collect_info():
         "numba_cache": {"dir": cache or os.path.join(pkg, "__pycache__"),
                         "where": "NUMBA_CACHE_DIR" if cache else "next to the sources (NUMBA_CACHE_DIR unset)",
                         "disabled": bool(numba.config.DISABLE_JIT)},
-        "env": {k: os.environ[k] for k in ("FASTBP_BLAS", "FASTBP_BF16", "FASTBP_DATA", "NUMBA_NUM_THREADS", "NUMBA_CACHE_DIR",
+        "env": {k: os.environ[k] for k in ("FASTBP_BLAS", "FASTBP_SGEMM", "FASTBP_BF16", "FASTBP_DATA", "NUMBA_NUM_THREADS", "NUMBA_CACHE_DIR",
                                            "NUMBA_THREADING_LAYER", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")
                 if k in os.environ},
     }
@@ -123,6 +123,8 @@ def cmd_info(args):
     b = info["blas"]
     print(f"BLAS:      {b.get('provider')}" + (f", {b['library']}" if b.get("library") else "")
           + (f" ({b['config'].strip()})" if b.get("config") else ""))
+    print(f"float32 products: {b.get('sgemm_provider')} (gemm provider {b.get('sgemm_setting')!r}: {b.get('sgemm_why')}; "
+          f"FASTBP_SGEMM or fastbp.set_gemm_provider to choose)")
     bf = info["bf16"]
     print("bf16:      precision='bf16' " + ("runs here: " if bf["available"] else "falls back to float32 here: ")
           + bf["why"])
