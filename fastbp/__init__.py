@@ -5,7 +5,7 @@ Numba kernels over preallocated flat buffers; see README.md for the design.
 
 import numba as _numba
 
-from ._blas import (BLAS_INFO, bf16_support, gemm_provider, get_blas_threads, set_blas_threads, set_gemm_provider,
+from ._blas import (BLAS_INFO, bf16_support, get_blas_threads, get_gemm_provider, set_blas_threads, set_gemm_provider,
                     set_user_threads, user_threads)
 from .errors import (DataFileError, DivergenceError, FastbpError, InputError, ModelFileError,
                      ModelNotFoundError)
@@ -55,5 +55,5 @@ __all__ = ["Network", "History", "callbacks", "schedules", "distributed", "Early
            "TerminateOnNaN", "LambdaCallback", "Constant", "StepDecay", "ExponentialDecay", "CosineAnnealing",
            "InverseScaling", "ReduceLROnPlateau", "SGD", "Adam", "AdamW", "RMSprop", "Optimizer", "set_num_threads",
            "get_num_threads", "get_thread_setting", "FastbpError", "InputError", "ModelFileError", "ModelNotFoundError",
-           "DivergenceError", "DataFileError", "BLAS_INFO", "bf16_support", "set_gemm_provider", "gemm_provider",
+           "DivergenceError", "DataFileError", "BLAS_INFO", "bf16_support", "set_gemm_provider", "get_gemm_provider",
            "__version__"]

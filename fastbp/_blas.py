@@ -120,7 +120,8 @@ def _setup():
     set_threads = get_threads = None
     if lib is not None:
         prefix, suffix, path = found
-        llvm.add_symbol("fastbp_sgemm", _address(getattr(lib, f"{prefix}cblas_sgemm{suffix}")))
+        info["_sgemm_address"] = _address(getattr(lib, f"{prefix}cblas_sgemm{suffix}"))
+        llvm.add_symbol("fastbp_sgemm", info["_sgemm_address"])
         llvm.add_symbol("fastbp_dgemm", _address(getattr(lib, f"{prefix}cblas_dgemm{suffix}")))
         omat = [getattr(lib, f"{prefix}cblas_{f}{suffix}", None) for f in ("somatcopy", "domatcopy")]
         if None in omat:   # an OpenBLAS without the extension: the transpose falls back, sgemm stays
@@ -150,6 +151,7 @@ def _setup():
 
 
 BLAS_INFO, _set_threads, _get_threads = _setup()
+_SGEMM_ADDRESS = BLAS_INFO.pop("_sgemm_address", None)   # OpenBLAS's cblas_sgemm (the router's other way)
 
 _sgemm = types.ExternalFunction("fastbp_sgemm", _gemm_sig(types.float32, types.uintp))
 _dgemm = types.ExternalFunction("fastbp_dgemm", _gemm_sig(types.float64, types.uintp))
@@ -203,7 +205,10 @@ _GEMM16_C = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_int8, ctypes.c_int8, ctype
 
 def _find_onednn():
     """oneDNN's library (the onednn-cpu-gomp wheel puts it in {prefix}/lib) as (lib, path), or None.
-    It serves the bf16 products and, where it is faster than OpenBLAS, the float32 ones."""
+    It serves the bf16 products and, where it is faster than OpenBLAS, the float32 ones;
+    FASTBP_ONEDNN=off keeps it out of the process altogether."""
+    if os.environ.get("FASTBP_ONEDNN", "").lower() == "off":
+        return None
     paths = [os.path.join(p, "lib", "libdnnl.so.3") for p in dict.fromkeys((sys.prefix, sys.base_prefix))]
     found = ctypes.util.find_library("dnnl")
     for path in paths + ([found] if found else []):
@@ -316,32 +321,39 @@ def gemm_bf16(trans_a, trans_b, A, B, beta, C):
 
 # ---- the float32 provider, per product ------------------------------------------------------------------------
 # Where oneDNN is installed, fastbp_sgemm points at a small router written in LLVM IR (compiled
-# here, ~15 ms; nothing Numba compiles or caches changes): a product of m*n*k >= @onednn_mnk goes
-# to oneDNN's dnnl_sgemm, any other to OpenBLAS's cblas_sgemm. The bound is a runtime value, so
-# the provider can change between fits (set_gemm_provider) without recompiling a kernel.
-# oneDNN would start its OpenMP team for any size, so products below @serial_mnk run it on one
-# thread (as gemm_bf16 does). With the bound at INT64_MAX the router is OpenBLAS plus one
-# indirect call.
+# here, ~15 ms; nothing Numba compiles or caches changes): a product of m*n*k >= ..._onednn_mnk
+# goes to oneDNN's dnnl_sgemm, any other (and any with k = 0) to OpenBLAS's cblas_sgemm. The
+# bound is a runtime value, so the provider can change between fits (set_gemm_provider) without
+# recompiling a kernel; at INT64_MAX the router is OpenBLAS plus one indirect call.
+# oneDNN runs on an OpenMP team whose size is a per-thread setting of libgomp, so the router
+# sets the calling thread's count to the BLAS thread count (..._threads, written by
+# set_blas_threads) where it differs, and to 1 for products below ..._serial_mnk (oneDNN would
+# start its team for any size), and puts the thread's count back after the call. A oneDNN call
+# that fails (a status other than 0: bad arguments, no memory for its packing buffers, which
+# it checks before it writes C) is counted and computed by OpenBLAS instead.
 _ROUTE_IR = r"""
-@blas = global ptr null
-@dnnl = global ptr null
-@omp_get = global ptr null
-@omp_set = global ptr null
-@onednn_mnk = global i64 9223372036854775807
-@serial_mnk = global i64 0
+@fastbp_route_blas = global ptr null
+@fastbp_route_dnnl = global ptr null
+@fastbp_route_omp_get = global ptr null
+@fastbp_route_omp_set = global ptr null
+@fastbp_route_onednn_mnk = global i64 9223372036854775807
+@fastbp_route_serial_mnk = global i64 0
+@fastbp_route_threads = global i32 1
+@fastbp_route_onednn_calls = global i64 0
+@fastbp_route_errors = global i64 0
 
 define void @fastbp_sgemm_route(i32 %order, i32 %ta, i32 %tb, i64 %m, i64 %n, i64 %k, float %alpha, ptr %A,
                                 i64 %lda, ptr %B, i64 %ldb, float %beta, ptr %C, i64 %ldc) {
 entry:
   %mn = mul i64 %m, %n
   %mnk = mul i64 %mn, %k
-  %lim = load i64, ptr @onednn_mnk
+  %lim = load i64, ptr @fastbp_route_onednn_mnk
   %big = icmp sge i64 %mnk, %lim
   %k0 = icmp sgt i64 %k, 0
   %use = and i1 %big, %k0
   br i1 %use, label %onednn, label %openblas
 openblas:
-  %f = load ptr, ptr @blas
+  %f = load ptr, ptr @fastbp_route_blas
   call void %f(i32 %order, i32 %ta, i32 %tb, i64 %m, i64 %n, i64 %k, float %alpha, ptr %A, i64 %lda, ptr %B,
                i64 %ldb, float %beta, ptr %C, i64 %ldc)
   ret void
@@ -350,37 +362,47 @@ onednn:
   %ca = select i1 %tta, i8 84, i8 78
   %ttb = icmp eq i32 %tb, 112
   %cb = select i1 %ttb, i8 84, i8 78
-  %g = load ptr, ptr @dnnl
-  %slim = load i64, ptr @serial_mnk
+  %g = load ptr, ptr @fastbp_route_dnnl
+  %slim = load i64, ptr @fastbp_route_serial_mnk
   %small = icmp slt i64 %mnk, %slim
-  br i1 %small, label %serial, label %threaded
-serial:
-  %get = load ptr, ptr @omp_get
-  %nt = call i32 %get()
-  %many = icmp sgt i32 %nt, 1
-  br i1 %many, label %one, label %threaded
-one:
-  %set = load ptr, ptr @omp_set
-  call void %set(i32 1)
-  %s1 = call i32 %g(i8 %ca, i8 %cb, i64 %m, i64 %n, i64 %k, float %alpha, ptr %A, i64 %lda, ptr %B, i64 %ldb,
-                    float %beta, ptr %C, i64 %ldc)
-  call void %set(i32 %nt)
-  ret void
-threaded:
-  %s2 = call i32 %g(i8 %ca, i8 %cb, i64 %m, i64 %n, i64 %k, float %alpha, ptr %A, i64 %lda, ptr %B, i64 %ldb,
-                    float %beta, ptr %C, i64 %ldc)
+  %nt = load i32, ptr @fastbp_route_threads
+  %want = select i1 %small, i32 1, i32 %nt
+  %get = load ptr, ptr @fastbp_route_omp_get
+  %cur = call i32 %get()
+  %same = icmp eq i32 %cur, %want
+  %calls = atomicrmw add ptr @fastbp_route_onednn_calls, i64 1 monotonic
+  br i1 %same, label %direct, label %switch
+direct:
+  %s1 = call i32 %g(i8 signext %ca, i8 signext %cb, i64 %m, i64 %n, i64 %k, float %alpha, ptr %A, i64 %lda,
+                    ptr %B, i64 %ldb, float %beta, ptr %C, i64 %ldc)
+  %ok1 = icmp eq i32 %s1, 0
+  br i1 %ok1, label %done, label %failed
+switch:
+  %set = load ptr, ptr @fastbp_route_omp_set
+  call void %set(i32 %want)
+  %s2 = call i32 %g(i8 signext %ca, i8 signext %cb, i64 %m, i64 %n, i64 %k, float %alpha, ptr %A, i64 %lda,
+                    ptr %B, i64 %ldb, float %beta, ptr %C, i64 %ldc)
+  call void %set(i32 %cur)
+  %ok2 = icmp eq i32 %s2, 0
+  br i1 %ok2, label %done, label %failed
+failed:
+  %errs = atomicrmw add ptr @fastbp_route_errors, i64 1 monotonic
+  br label %openblas
+done:
   ret void
 }
 """
 _NEVER = (1 << 63) - 1
 # Measured on an AMD EPYC Zen 5 (OpenBLAS 0.3.31 runs its Haswell kernels there; oneDNN 3.2),
-# from compiled code, 1 and 2 threads: oneDNN takes over from ONEDNN_MIN_MNK, and runs products
-# below SGEMM_SERIAL_MNK on one thread. See README "Where the products go".
+# from compiled code, 1 and 2 threads, 32x32x32 to 256x2048x2048: oneDNN was faster at every
+# shape (0.58 vs 0.73 us at 32^3, 1.8-2x from 64^3 up), so where it is chosen it takes every
+# float32 product (the bound stays for other CPUs), and products below SGEMM_SERIAL_MNK run it on
+# one thread (2 threads paid from 200x64x100 up).
 ONEDNN_MIN_MNK = 0
 SGEMM_SERIAL_MNK = 1 << 19
-# OpenBLAS's AVX-512 kernel sets: where OpenBLAS runs one of these, it is level with oneDNN
-# (Intel Xeon with AMX, 2026-12-02: oneDNN 10 % faster on 1 thread, level on 2), and stays
-AVX512_CORES = ("skylakex", "cooperlake", "sapphirerapids")
+# OpenBLAS's AVX-512 kernel sets: where OpenBLAS runs one of these, oneDNN is not chosen by
+# default (Intel Xeon with AMX, 2026-12-02: oneDNN 10 % faster on 1 thread, level on 2)
+AVX512_CORES = DIRECT_CORES = ("skylakex", "cooperlake", "sapphirerapids")
 GEMM_PROVIDERS = ("auto", "openblas", "onednn")
 _ROUTE = {"engine": None, "setting": "auto", "why": "", "missing": ""}
 
@@ -393,77 +415,90 @@ def _openblas_core(info):
     return None
 
 
+def _route_global(name, ctype=ctypes.c_int64):
+    return ctype.from_address(_ROUTE["engine"].get_global_value_address("fastbp_route_" + name))
+
+
 def _setup_route(info):
     """Install the router where OpenBLAS and oneDNN both are; return the BLAS_INFO fields."""
-    out = {"sgemm_provider": info["provider"], "sgemm_onednn": None, "openblas_core": _openblas_core(info)}
+    out = {"sgemm_provider": "openblas" if info["provider"] == "numpy-openblas" else info["provider"],
+           "sgemm_onednn": None, "openblas_core": _openblas_core(info)}
     if info["provider"] != "numpy-openblas":
         _ROUTE["missing"] = "NumPy's OpenBLAS is not in use (FASTBP_BLAS=numba, or none found)"
     elif _ONEDNN is None:
-        _ROUTE["missing"] = "oneDNN is not installed (pip install 'fastbp[bf16]', i.e. onednn-cpu-gomp)"
+        _ROUTE["missing"] = ("oneDNN is not installed (pip install 'fastbp[bf16]', i.e. onednn-cpu-gomp) "
+                             "or FASTBP_ONEDNN=off is set")
     elif _OMP is None:
         _ROUTE["missing"] = "oneDNN's OpenMP runtime (libgomp.so.1) did not load"
     if _ROUTE["missing"]:
         return out
-    llvm.initialize_native_target()
-    llvm.initialize_native_asmprinter()
-    mod = llvm.parse_assembly(_ROUTE_IR)
-    mod.verify()
-    engine = llvm.create_mcjit_compiler(mod, llvm.Target.from_default_triple().create_target_machine(opt=2))
-    engine.finalize_object()
-    for name, value in (("blas", llvm.address_of_symbol("fastbp_sgemm")), ("dnnl", _address(_ONEDNN[0].dnnl_sgemm)),
+    try:   # (opaque pointers: llvmlite >= 0.45; an older one stays on OpenBLAS)
+        llvm.initialize_native_target()
+        llvm.initialize_native_asmprinter()
+        mod = llvm.parse_assembly(_ROUTE_IR)
+        mod.verify()
+        engine = llvm.create_mcjit_compiler(mod, llvm.Target.from_default_triple().create_target_machine(opt=2))
+        engine.finalize_object()
+    except Exception as e:   # noqa: BLE001 (any failure here leaves OpenBLAS in place)
+        _ROUTE["missing"] = f"the oneDNN router did not compile ({type(e).__name__}: {str(e)[:120]})"
+        return out
+    _ROUTE["engine"] = engine
+    for name, value in (("blas", _SGEMM_ADDRESS), ("dnnl", _address(_ONEDNN[0].dnnl_sgemm)),
                         ("omp_get", _address(_OMP.omp_get_max_threads)),
                         ("omp_set", _address(_OMP.omp_set_num_threads))):
-        ctypes.c_void_p.from_address(engine.get_global_value_address(name)).value = value
-    ctypes.c_int64.from_address(engine.get_global_value_address("serial_mnk")).value = SGEMM_SERIAL_MNK
+        _route_global(name, ctypes.c_void_p).value = value
+    _route_global("serial_mnk").value = SGEMM_SERIAL_MNK
+    _route_global("threads", ctypes.c_int32).value = max(1, get_blas_threads())
     llvm.add_symbol("fastbp_sgemm", engine.get_function_address("fastbp_sgemm_route"))
-    _ROUTE["engine"] = engine
     out["sgemm_onednn"] = _ONEDNN[1]
     return out
 
 
+def route_counts():
+    """(oneDNN calls, oneDNN calls that failed and went to OpenBLAS) since import; (0, 0) without the router."""
+    if _ROUTE["engine"] is None:
+        return 0, 0
+    return int(_route_global("onednn_calls").value), int(_route_global("errors").value)
+
+
 def _auto_provider(info, features=None):
     """("onednn" | "openblas", why) for this machine: the rule measured so far (see AVX512_CORES)."""
-    core = info.get("openblas_core") or "?"
+    core = info.get("openblas_core")
+    if not core:
+        return "openblas", "OpenBLAS's kernel set is unknown"
     features = llvm.get_host_cpu_features() if features is None else features
     if features.get("avx512f", False) and core.lower() not in AVX512_CORES:
         return "onednn", (f"OpenBLAS runs its {core} kernels (no AVX-512) on this AVX-512 CPU; oneDNN's "
                           f"sgemm is AVX-512 code")
-    return "openblas", f"OpenBLAS runs its {core} kernels, level with oneDNN's"
+    return "openblas", f"OpenBLAS runs its {core} kernels" + (" (AVX-512)" if core.lower() in AVX512_CORES else "")
 
 
 def set_gemm_provider(name):
-    """Which library computes the float32 products of every fit from now on: "auto" (the rule of
-    _auto_provider), "openblas" or "onednn" (which needs oneDNN, the ``bf16`` extra, beside NumPy's
-    OpenBLAS). Float64 products are always OpenBLAS's. Returns the setting in force before."""
+    """Which library computes the float32 products from now on: "auto" (the rule of
+    _auto_provider), "openblas" or "onednn" (which needs oneDNN, the ``bf16`` extra, beside
+    NumPy's OpenBLAS). Float64 products are always OpenBLAS's. A network keeps the layout it
+    chose for its batch sizes (whether dX uses W^T copied out, dx_via_transpose) from its first
+    fit at them: that is speed only, the products are the same. Returns the setting before."""
     if name not in GEMM_PROVIDERS:
         raise ValueError(f"gemm provider must be one of {', '.join(map(repr, GEMM_PROVIDERS))}, got {name!r}")
     before, engine = _ROUTE["setting"], _ROUTE["engine"]
     if engine is None:   # no router: the one provider there is
-        if name == "onednn":
-            raise ValueError(f"gemm provider 'onednn' is not available here: {_ROUTE['missing']}")
-        provider, why = BLAS_INFO["provider"], _ROUTE["missing"]
+        only = BLAS_INFO["sgemm_provider"]
+        if name not in ("auto", only):
+            raise ValueError(f"gemm provider {name!r} is not available here ({only} computes every product): "
+                             f"{_ROUTE['missing']}")
+        provider, why = only, _ROUTE["missing"]
     else:
         provider, why = _auto_provider(BLAS_INFO) if name == "auto" else (name, "set by the user")
-        ctypes.c_int64.from_address(engine.get_global_value_address("onednn_mnk")).value = (
-            ONEDNN_MIN_MNK if provider == "onednn" else _NEVER)
+        _route_global("onednn_mnk").value = ONEDNN_MIN_MNK if provider == "onednn" else _NEVER
     _ROUTE.update(setting=name, why=why)
     BLAS_INFO.update(sgemm_provider=provider, sgemm_setting=name, sgemm_why=why)
     return before
 
 
-def gemm_provider():
+def get_gemm_provider():
     """(setting, provider in force, why) for the float32 products: see set_gemm_provider."""
     return _ROUTE["setting"], BLAS_INFO["sgemm_provider"], _ROUTE["why"]
-
-
-BLAS_INFO.update(_setup_route(BLAS_INFO))
-_env_provider = os.environ.get("FASTBP_SGEMM", "auto").lower() or "auto"
-try:
-    set_gemm_provider(_env_provider)
-except ValueError as e:
-    import warnings
-    warnings.warn(f"FASTBP_SGEMM={_env_provider!r} ignored: {e}", RuntimeWarning, stacklevel=2)
-    set_gemm_provider("auto")
 
 
 def set_blas_threads(n):
@@ -471,10 +506,26 @@ def set_blas_threads(n):
         _set_threads(int(n))
     if _set_omp_threads is not None:
         _set_omp_threads(int(n))
+    if _ROUTE["engine"] is not None:   # oneDNN's float32 products, on whichever thread calls them
+        _route_global("threads", ctypes.c_int32).value = max(1, int(n))
 
 
 def get_blas_threads():
     return int(_get_threads()) if _get_threads is not None else 1
+
+
+def _setup_provider():
+    BLAS_INFO.update(_setup_route(BLAS_INFO))
+    name = os.environ.get("FASTBP_SGEMM", "auto").lower() or "auto"
+    try:
+        set_gemm_provider(name)
+    except ValueError as e:
+        import warnings
+        warnings.warn(f"FASTBP_SGEMM={name!r} ignored: {e}", RuntimeWarning, stacklevel=1)
+        set_gemm_provider("auto")
+
+
+_setup_provider()
 
 
 @njit(**JIT)
@@ -525,7 +576,6 @@ def transpose(A, AT):
 # Cooperlake and SapphireRapids cores and, in 0.3.31, Zen 4 use too); on other cores,
 # where it was not measured, the transposed product stays.
 DIRECT_MNK = 1 << 20
-DIRECT_CORES = ("skylakex", "cooperlake", "sapphirerapids")
 
 
 def _direct_kernels(info):

@@ -28,7 +28,7 @@ def parse_list(values, allowed, what):
 def driver(args):
     workloads = parse_list(args.workload, WORKLOADS, "workload") or list(STANDARD)
     import fastbp as fb
-    fp32 = [p for p in PEERS if p not in BF16_PEERS and (p != "fastbp-openblas" or fb.gemm_provider()[1] != "openblas")]
+    fp32 = [p for p in PEERS if p not in BF16_PEERS and (p != "fastbp-openblas" or fb.get_gemm_provider()[1] == "onednn")]
     default = {"fp32": fp32, "both": fp32 + list(BF16_PEERS),
                "bf16": ["fastbp", "torch-fused", "sgemm"] + list(BF16_PEERS)}[args.precision]
     asked = parse_list([args.peers] if args.peers else None, PEERS, "peer") or default
@@ -47,7 +47,7 @@ def driver(args):
     print("  " + "  ".join(f"{k} {info[k] or 'n/a'}" for k in
                            ("python", "numpy", "numba", "torch", "jax", "sklearn", "fastbp")) +
           f"  fastbp BLAS: {info['fastbp_blas']}")
-    setting, provider, why = fb.gemm_provider()
+    setting, provider, why = fb.get_gemm_provider()
     print(f"  fastbp float32 products: {provider} for every layer and direction (gemm provider {setting!r}: {why})"
           + ("; fastbp-openblas: the same fit with every float32 product on OpenBLAS" if "fastbp-openblas" in peers else ""))
     print(f"  {args.rounds} round(s), peers interleaved in each ({', '.join(peers)}); each in its own process; "

@@ -39,7 +39,7 @@ def run_fastbp(spec, X, y, weights, threads, epochs, precision="fp32", gemm="aut
     out["predict_samples_per_s"] = time_predict(lambda: net.predict_proba(X), X.shape[0])
     out["predict_batch"] = PREDICT_BATCH
     out["library"] = {"fastbp": fb.__version__, "blas": fb.BLAS_INFO.get("provider"),
-                      "sgemm_provider": fb.gemm_provider()[1],
+                      "sgemm_provider": fb.get_gemm_provider()[1],
                       "numba_threads": fb.get_num_threads(), "precision": net.compute_precision}
     if precision == "bf16":
         out["library"]["bf16_provider"] = fb.BLAS_INFO.get("bf16_provider")
@@ -311,7 +311,7 @@ def run_sgemm(spec, X, y, weights, threads, epochs, quick=False):
     # NumPy's matmul (OpenBLAS), and where fastbp's float32 products go to oneDNN, oneDNN's rate
     # through fastbp's own product (compiled code: no Python call in the loop)
     import fastbp as fb
-    for key, provider in [("", None)] + ([("onednn_", "onednn")] if fb.gemm_provider()[1] == "onednn" else []):
+    for key, provider in [("", None)] + ([("onednn_", "onednn")] if fb.get_gemm_provider()[1] == "onednn" else []):
         rates = {name: gemm_rate(*s, provider=provider) for name, s in shapes.items()}
         out[key + "gemm_gflops"] = rates
         out[key + "gemm_layer_gflops"] = sum(flops.values()) / sum(flops[k] / rates[k] for k in rates)

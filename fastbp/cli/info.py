@@ -105,7 +105,7 @@ def collect_info():
         "numba_cache": {"dir": cache or os.path.join(pkg, "__pycache__"),
                         "where": "NUMBA_CACHE_DIR" if cache else "next to the sources (NUMBA_CACHE_DIR unset)",
                         "disabled": bool(numba.config.DISABLE_JIT)},
-        "env": {k: os.environ[k] for k in ("FASTBP_BLAS", "FASTBP_SGEMM", "FASTBP_BF16", "FASTBP_DATA", "NUMBA_NUM_THREADS", "NUMBA_CACHE_DIR",
+        "env": {k: os.environ[k] for k in ("FASTBP_BLAS", "FASTBP_SGEMM", "FASTBP_ONEDNN", "FASTBP_BF16", "FASTBP_DATA", "NUMBA_NUM_THREADS", "NUMBA_CACHE_DIR",
                                            "NUMBA_THREADING_LAYER", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")
                 if k in os.environ},
     }
