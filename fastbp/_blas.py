@@ -230,29 +230,16 @@ def cpu_bf16():
     return [f for f in ("amx-bf16", "avx512bf16") if feats.get(f, False)]
 
 
-def _omp_fallbacks():
-    # no OpenMP runtime: oneDNN is absent too, so nothing is threaded by OpenMP (ctypes callbacks:
-    # nothing compiled at import)
-    f = ctypes.CFUNCTYPE(None, ctypes.c_int32)(lambda n: None)
-    g = ctypes.CFUNCTYPE(ctypes.c_int32)(lambda: 1)
-    llvm.add_symbol("fastbp_omp_set_num_threads", _address(f))
-    llvm.add_symbol("fastbp_omp_get_max_threads", _address(g))
-    _KEEP.extend((f, g))
-
-
 def _setup_omp():
-    """oneDNN's OpenMP threads (the gomp build): the count is set with the BLAS's (principle 6)."""
+    """oneDNN's OpenMP runtime (the gomp build), or None: the router sets its thread count."""
     if _ONEDNN is not None:
         try:
             omp = ctypes.CDLL("libgomp.so.1")
-            set_omp = omp.omp_set_num_threads
-            set_omp.argtypes = [ctypes.c_int]
-            llvm.add_symbol("fastbp_omp_set_num_threads", _address(omp.omp_set_num_threads))
-            llvm.add_symbol("fastbp_omp_get_max_threads", _address(omp.omp_get_max_threads))
+            omp.omp_set_num_threads.argtypes = [ctypes.c_int]
+            omp.omp_get_max_threads.restype = ctypes.c_int
             return omp
         except (OSError, AttributeError):
             pass
-    _omp_fallbacks()
     return None
 
 
@@ -274,12 +261,10 @@ _OMP = _setup_omp()
 _set_omp_threads = _OMP.omp_set_num_threads if _OMP is not None else None
 BLAS_INFO.update(_setup_bf16())
 _gemm16 = types.ExternalFunction("fastbp_gemm_bf16", _gemm16_sig())
-_omp_set = types.ExternalFunction("fastbp_omp_set_num_threads", types.void(types.int32))
-_omp_get = types.ExternalFunction("fastbp_omp_get_max_threads", types.int32())
-# bf16 products below this m*n*k run on one thread: oneDNN would start its OpenMP team for any
-# size (OpenBLAS keeps small products on one thread itself), and on small layers two threads
-# cost more than they give: at 2 threads the `small` and `regress` workloads trained at 0.83x
-# and 0.59x of float32 that way, with cpu/wall 2.0
+# bf16 products below this m*n*k run on one thread (the router, below): oneDNN would start its
+# OpenMP team for any size (OpenBLAS keeps small products on one thread itself), and on small
+# layers two threads cost more than they give: at 2 threads the `small` and `regress` workloads
+# trained at 0.83x and 0.59x of float32 that way, with cpu/wall 2.0
 BF16_SERIAL_MNK = 1 << 22
 
 
@@ -307,16 +292,9 @@ def gemm_bf16(trans_a, trans_b, A, B, beta, C):
             for j in range(n):
                 C[i, j] = 0.0 if beta == 0.0 else beta * C[i, j]
         return
-    nt = np.int32(1)
-    if m * n * k < BF16_SERIAL_MNK:
-        nt = _omp_get()
-        if nt > 1:
-            _omp_set(np.int32(1))
     _gemm16(np.int8(84 if trans_a else 78), np.int8(84 if trans_b else 78), m, n, k, np.float32(1.0),
             A.ctypes.data, max(1, A.shape[1]), B.ctypes.data, max(1, B.shape[1]), np.float32(beta), C.ctypes.data,
             max(1, n))
-    if nt > 1:
-        _omp_set(nt)
 
 
 # ---- the float32 provider, per product ------------------------------------------------------------------------
@@ -341,6 +319,35 @@ _ROUTE_IR = r"""
 @fastbp_route_threads = global i32 1
 @fastbp_route_onednn_calls = global i64 0
 @fastbp_route_errors = global i64 0
+@fastbp_route_dnnl16 = global ptr null
+@fastbp_route_bf16_serial_mnk = global i64 0
+
+define i32 @fastbp_gemm_bf16_route(i8 signext %ta, i8 signext %tb, i64 %m, i64 %n, i64 %k, float %alpha, ptr %A,
+                                   i64 %lda, ptr %B, i64 %ldb, float %beta, ptr %C, i64 %ldc) {
+entry:
+  %mn = mul i64 %m, %n
+  %mnk = mul i64 %mn, %k
+  %g = load ptr, ptr @fastbp_route_dnnl16
+  %slim = load i64, ptr @fastbp_route_bf16_serial_mnk
+  %small = icmp slt i64 %mnk, %slim
+  %nt = load i32, ptr @fastbp_route_threads
+  %want = select i1 %small, i32 1, i32 %nt
+  %get = load ptr, ptr @fastbp_route_omp_get
+  %cur = call i32 %get()
+  %same = icmp eq i32 %cur, %want
+  br i1 %same, label %direct, label %switch
+direct:
+  %s1 = call i32 %g(i8 signext %ta, i8 signext %tb, i64 %m, i64 %n, i64 %k, float %alpha, ptr %A, i64 %lda,
+                    ptr %B, i64 %ldb, float %beta, ptr %C, i64 %ldc)
+  ret i32 %s1
+switch:
+  %set = load ptr, ptr @fastbp_route_omp_set
+  call void %set(i32 %want)
+  %s2 = call i32 %g(i8 signext %ta, i8 signext %tb, i64 %m, i64 %n, i64 %k, float %alpha, ptr %A, i64 %lda,
+                    ptr %B, i64 %ldb, float %beta, ptr %C, i64 %ldc)
+  call void %set(i32 %cur)
+  ret i32 %s2
+}
 
 define void @fastbp_sgemm_route(i32 %order, i32 %ta, i32 %tb, i64 %m, i64 %n, i64 %k, float %alpha, ptr %A,
                                 i64 %lda, ptr %B, i64 %ldb, float %beta, ptr %C, i64 %ldc) {
@@ -404,7 +411,7 @@ SGEMM_SERIAL_MNK = 1 << 19
 # default (Intel Xeon with AMX, 2026-12-02: oneDNN 10 % faster on 1 thread, level on 2)
 AVX512_CORES = DIRECT_CORES = ("skylakex", "cooperlake", "sapphirerapids")
 GEMM_PROVIDERS = ("auto", "openblas", "onednn")
-_ROUTE = {"engine": None, "setting": "auto", "why": "", "missing": ""}
+_ROUTE = {"engine": None, "sgemm": False, "setting": "auto", "why": "", "missing": ""}
 
 
 def _openblas_core(info):
@@ -420,43 +427,52 @@ def _route_global(name, ctype=ctypes.c_int64):
 
 
 def _setup_route(info):
-    """Install the router where OpenBLAS and oneDNN both are; return the BLAS_INFO fields."""
+    """Compile the router where oneDNN is; point fastbp_gemm_bf16 at its bf16 route (when bf16
+    is on) and, where NumPy's OpenBLAS is too, fastbp_sgemm at its float32 route. Returns the
+    BLAS_INFO fields."""
     out = {"sgemm_provider": "openblas" if info["provider"] == "numpy-openblas" else info["provider"],
            "sgemm_onednn": None, "openblas_core": _openblas_core(info)}
-    if info["provider"] != "numpy-openblas":
-        _ROUTE["missing"] = "NumPy's OpenBLAS is not in use (FASTBP_BLAS=numba, or none found)"
-    elif _ONEDNN is None:
+    if _ONEDNN is None:
         _ROUTE["missing"] = ("oneDNN is not installed (pip install 'fastbp[bf16]', i.e. onednn-cpu-gomp) "
                              "or FASTBP_ONEDNN=off is set")
-    elif _OMP is None:
-        _ROUTE["missing"] = "oneDNN's OpenMP runtime (libgomp.so.1) did not load"
-    if _ROUTE["missing"]:
         return out
-    try:   # (opaque pointers: llvmlite >= 0.45; an older one stays on OpenBLAS)
+    if _OMP is None:
+        _ROUTE["missing"] = "oneDNN's OpenMP runtime (libgomp.so.1) did not load"
+        return out
+    try:   # (opaque pointers: llvmlite >= 0.45; with an older one the products go to the libraries directly)
         llvm.initialize_native_target()
         llvm.initialize_native_asmprinter()
         mod = llvm.parse_assembly(_ROUTE_IR)
         mod.verify()
         engine = llvm.create_mcjit_compiler(mod, llvm.Target.from_default_triple().create_target_machine(opt=2))
         engine.finalize_object()
-    except Exception as e:   # noqa: BLE001 (any failure here leaves OpenBLAS in place)
+    except Exception as e:   # noqa: BLE001 (any failure here leaves the libraries called directly)
         _ROUTE["missing"] = f"the oneDNN router did not compile ({type(e).__name__}: {str(e)[:120]})"
         return out
     _ROUTE["engine"] = engine
-    for name, value in (("blas", _SGEMM_ADDRESS), ("dnnl", _address(_ONEDNN[0].dnnl_sgemm)),
+    for name, value in (("dnnl", _address(_ONEDNN[0].dnnl_sgemm)),
+                        ("dnnl16", _address(_ONEDNN[0].dnnl_gemm_bf16bf16f32)),
                         ("omp_get", _address(_OMP.omp_get_max_threads)),
                         ("omp_set", _address(_OMP.omp_set_num_threads))):
         _route_global(name, ctypes.c_void_p).value = value
     _route_global("serial_mnk").value = SGEMM_SERIAL_MNK
-    _route_global("threads", ctypes.c_int32).value = max(1, get_blas_threads())
+    _route_global("bf16_serial_mnk").value = BF16_SERIAL_MNK
+    _route_global("threads", ctypes.c_int32).value = max(1, get_blas_threads() if _get_threads else cores())
+    if info.get("bf16_provider") == "onednn":
+        llvm.add_symbol("fastbp_gemm_bf16", engine.get_function_address("fastbp_gemm_bf16_route"))
+    if info["provider"] != "numpy-openblas":
+        _ROUTE["missing"] = "NumPy's OpenBLAS is not in use (FASTBP_BLAS=numba, or none found)"
+        return out
+    _route_global("blas", ctypes.c_void_p).value = _SGEMM_ADDRESS
     llvm.add_symbol("fastbp_sgemm", engine.get_function_address("fastbp_sgemm_route"))
+    _ROUTE["sgemm"] = True
     out["sgemm_onednn"] = _ONEDNN[1]
     return out
 
 
 def route_counts():
     """(oneDNN calls, oneDNN calls that failed and went to OpenBLAS) since import; (0, 0) without the router."""
-    if _ROUTE["engine"] is None:
+    if not _ROUTE["sgemm"]:
         return 0, 0
     return int(_route_global("onednn_calls").value), int(_route_global("errors").value)
 
@@ -481,8 +497,8 @@ def set_gemm_provider(name):
     fit at them: that is speed only, the products are the same. Returns the setting before."""
     if name not in GEMM_PROVIDERS:
         raise ValueError(f"gemm provider must be one of {', '.join(map(repr, GEMM_PROVIDERS))}, got {name!r}")
-    before, engine = _ROUTE["setting"], _ROUTE["engine"]
-    if engine is None:   # no router: the one provider there is
+    before = _ROUTE["setting"]
+    if not _ROUTE["sgemm"]:   # no float32 router: the one provider there is
         only = BLAS_INFO["sgemm_provider"]
         if name not in ("auto", only):
             raise ValueError(f"gemm provider {name!r} is not available here ({only} computes every product): "
@@ -506,7 +522,7 @@ def set_blas_threads(n):
         _set_threads(int(n))
     if _set_omp_threads is not None:
         _set_omp_threads(int(n))
-    if _ROUTE["engine"] is not None:   # oneDNN's float32 products, on whichever thread calls them
+    if _ROUTE["engine"] is not None:   # oneDNN's products, on whichever thread calls them
         _route_global("threads", ctypes.c_int32).value = max(1, int(n))
 
 
@@ -523,9 +539,6 @@ def _setup_provider():
         import warnings
         warnings.warn(f"FASTBP_SGEMM={name!r} ignored: {e}", RuntimeWarning, stacklevel=1)
         set_gemm_provider("auto")
-
-
-_setup_provider()
 
 
 @njit(**JIT)
@@ -737,3 +750,6 @@ class ThreadPolicy:
         if self.active and self._numba_before is not None:
             numba.set_num_threads(self._numba_before)
         return False
+
+
+_setup_provider()   # (last: it reads the thread helpers above)
