@@ -308,28 +308,27 @@ def gemm_bf16(trans_a, trans_b, A, B, beta, C):
 # set_blas_threads) where it differs, and to 1 for products below ..._serial_mnk (oneDNN would
 # start its team for any size), and puts the thread's count back after the call. A oneDNN call
 # that fails (a status other than 0: bad arguments, no memory for its packing buffers, which
-# it checks before it writes C) is counted and computed by OpenBLAS instead.
+# it checks before it writes C) is counted (route_errors) and computed by OpenBLAS instead.
 _ROUTE_IR = r"""
 @fastbp_route_blas = global ptr null
 @fastbp_route_dnnl = global ptr null
+@fastbp_route_dnnl16 = global ptr null
 @fastbp_route_omp_get = global ptr null
 @fastbp_route_omp_set = global ptr null
 @fastbp_route_onednn_mnk = global i64 9223372036854775807
 @fastbp_route_serial_mnk = global i64 0
-@fastbp_route_threads = global i32 1
-@fastbp_route_onednn_calls = global i64 0
-@fastbp_route_errors = global i64 0
-@fastbp_route_dnnl16 = global ptr null
 @fastbp_route_bf16_serial_mnk = global i64 0
+@fastbp_route_threads = global i32 1
+@fastbp_route_errors = global i64 0
 
-define i32 @fastbp_gemm_bf16_route(i8 signext %ta, i8 signext %tb, i64 %m, i64 %n, i64 %k, float %alpha, ptr %A,
-                                   i64 %lda, ptr %B, i64 %ldb, float %beta, ptr %C, i64 %ldc) {
+; oneDNN's product %g (dnnl_sgemm and dnnl_gemm_bf16bf16f32 take the same arguments) on the BLAS
+; thread count, or on one thread when m*n*k < %serial, with the calling thread's count put back
+define internal i32 @onednn(ptr %g, i64 %serial, i8 %ta, i8 %tb, i64 %m, i64 %n, i64 %k, float %alpha, ptr %A,
+                            i64 %lda, ptr %B, i64 %ldb, float %beta, ptr %C, i64 %ldc) alwaysinline {
 entry:
   %mn = mul i64 %m, %n
   %mnk = mul i64 %mn, %k
-  %g = load ptr, ptr @fastbp_route_dnnl16
-  %slim = load i64, ptr @fastbp_route_bf16_serial_mnk
-  %small = icmp slt i64 %mnk, %slim
+  %small = icmp slt i64 %mnk, %serial
   %nt = load i32, ptr @fastbp_route_threads
   %want = select i1 %small, i32 1, i32 %nt
   %get = load ptr, ptr @fastbp_route_omp_get
@@ -347,6 +346,16 @@ switch:
                     ptr %B, i64 %ldb, float %beta, ptr %C, i64 %ldc)
   call void %set(i32 %cur)
   ret i32 %s2
+}
+
+define i32 @fastbp_gemm_bf16_route(i8 signext %ta, i8 signext %tb, i64 %m, i64 %n, i64 %k, float %alpha, ptr %A,
+                                   i64 %lda, ptr %B, i64 %ldb, float %beta, ptr %C, i64 %ldc) {
+entry:
+  %g = load ptr, ptr @fastbp_route_dnnl16
+  %slim = load i64, ptr @fastbp_route_bf16_serial_mnk
+  %s = call i32 @onednn(ptr %g, i64 %slim, i8 %ta, i8 %tb, i64 %m, i64 %n, i64 %k, float %alpha, ptr %A, i64 %lda,
+                        ptr %B, i64 %ldb, float %beta, ptr %C, i64 %ldc)
+  ret i32 %s
 }
 
 define void @fastbp_sgemm_route(i32 %order, i32 %ta, i32 %tb, i64 %m, i64 %n, i64 %k, float %alpha, ptr %A,
@@ -371,27 +380,10 @@ onednn:
   %cb = select i1 %ttb, i8 84, i8 78
   %g = load ptr, ptr @fastbp_route_dnnl
   %slim = load i64, ptr @fastbp_route_serial_mnk
-  %small = icmp slt i64 %mnk, %slim
-  %nt = load i32, ptr @fastbp_route_threads
-  %want = select i1 %small, i32 1, i32 %nt
-  %get = load ptr, ptr @fastbp_route_omp_get
-  %cur = call i32 %get()
-  %same = icmp eq i32 %cur, %want
-  %calls = atomicrmw add ptr @fastbp_route_onednn_calls, i64 1 monotonic
-  br i1 %same, label %direct, label %switch
-direct:
-  %s1 = call i32 %g(i8 signext %ca, i8 signext %cb, i64 %m, i64 %n, i64 %k, float %alpha, ptr %A, i64 %lda,
-                    ptr %B, i64 %ldb, float %beta, ptr %C, i64 %ldc)
-  %ok1 = icmp eq i32 %s1, 0
-  br i1 %ok1, label %done, label %failed
-switch:
-  %set = load ptr, ptr @fastbp_route_omp_set
-  call void %set(i32 %want)
-  %s2 = call i32 %g(i8 signext %ca, i8 signext %cb, i64 %m, i64 %n, i64 %k, float %alpha, ptr %A, i64 %lda,
-                    ptr %B, i64 %ldb, float %beta, ptr %C, i64 %ldc)
-  call void %set(i32 %cur)
-  %ok2 = icmp eq i32 %s2, 0
-  br i1 %ok2, label %done, label %failed
+  %s = call i32 @onednn(ptr %g, i64 %slim, i8 %ca, i8 %cb, i64 %m, i64 %n, i64 %k, float %alpha, ptr %A, i64 %lda,
+                        ptr %B, i64 %ldb, float %beta, ptr %C, i64 %ldc)
+  %ok = icmp eq i32 %s, 0
+  br i1 %ok, label %done, label %failed
 failed:
   %errs = atomicrmw add ptr @fastbp_route_errors, i64 1 monotonic
   br label %openblas
@@ -409,9 +401,9 @@ ONEDNN_MIN_MNK = 0
 SGEMM_SERIAL_MNK = 1 << 19
 # OpenBLAS's AVX-512 kernel sets: where OpenBLAS runs one of these, oneDNN is not chosen by
 # default (Intel Xeon with AMX, 2026-12-02: oneDNN 10 % faster on 1 thread, level on 2)
-AVX512_CORES = DIRECT_CORES = ("skylakex", "cooperlake", "sapphirerapids")
+AVX512_CORES = ("skylakex", "cooperlake", "sapphirerapids")
 GEMM_PROVIDERS = ("auto", "openblas", "onednn")
-_ROUTE = {"engine": None, "sgemm": False, "setting": "auto", "why": "", "missing": ""}
+_ROUTE = {"engine": None, "sgemm": False, "missing": ""}   # the setting itself: BLAS_INFO["sgemm_*"]
 
 
 def _openblas_core(info):
@@ -470,11 +462,9 @@ def _setup_route(info):
     return out
 
 
-def route_counts():
-    """(oneDNN calls, oneDNN calls that failed and went to OpenBLAS) since import; (0, 0) without the router."""
-    if not _ROUTE["sgemm"]:
-        return 0, 0
-    return int(_route_global("onednn_calls").value), int(_route_global("errors").value)
+def route_errors():
+    """oneDNN float32 calls that failed and went to OpenBLAS since import (0 without the router)."""
+    return int(_route_global("errors").value) if _ROUTE["sgemm"] else 0
 
 
 def _auto_provider(info, features=None):
@@ -497,7 +487,7 @@ def set_gemm_provider(name):
     fit at them: that is speed only, the products are the same. Returns the setting before."""
     if name not in GEMM_PROVIDERS:
         raise ValueError(f"gemm provider must be one of {', '.join(map(repr, GEMM_PROVIDERS))}, got {name!r}")
-    before = _ROUTE["setting"]
+    before = BLAS_INFO.get("sgemm_setting", "auto")
     if not _ROUTE["sgemm"]:   # no float32 router: the one provider there is
         only = BLAS_INFO["sgemm_provider"]
         if name not in ("auto", only):
@@ -507,14 +497,13 @@ def set_gemm_provider(name):
     else:
         provider, why = _auto_provider(BLAS_INFO) if name == "auto" else (name, "set by the user")
         _route_global("onednn_mnk").value = ONEDNN_MIN_MNK if provider == "onednn" else _NEVER
-    _ROUTE.update(setting=name, why=why)
     BLAS_INFO.update(sgemm_provider=provider, sgemm_setting=name, sgemm_why=why)
     return before
 
 
 def get_gemm_provider():
     """(setting, provider in force, why) for the float32 products: see set_gemm_provider."""
-    return _ROUTE["setting"], BLAS_INFO["sgemm_provider"], _ROUTE["why"]
+    return BLAS_INFO["sgemm_setting"], BLAS_INFO["sgemm_provider"], BLAS_INFO["sgemm_why"]
 
 
 def set_blas_threads(n):
@@ -595,7 +584,7 @@ def _direct_kernels(info):
     # (OpenBLAS's trick: not where oneDNN computes the float32 products, set_gemm_provider)
     return (info["provider"] == "numpy-openblas" and info.get("omatcopy") == "numpy-openblas"
             and info.get("sgemm_provider", "openblas") != "onednn"
-            and any(core in (info.get("config") or "").lower() for core in DIRECT_CORES))
+            and any(core in (info.get("config") or "").lower() for core in AVX512_CORES))
 
 
 # oneDNN (set_gemm_provider): its transposed dX product is slower than W^T copied out plus the

@@ -467,36 +467,3 @@ def test_threaded_kernels_allocate_nothing_per_step(rng):
         assert run_epoch(320) == run_epoch(2048)    # 5 and 32 batches: nothing per step
     finally:
         _nrt_python.memsys_disable_stats()
-
-
-@needs_bf16
-def test_bf16_products_keep_each_threads_openmp_count():
-    # the router (fastbp._blas) runs small bf16 products on one OpenMP thread and puts the caller's
-    # count back, on the thread that fit with and on a Python thread of its own (libgomp's count
-    # is per thread)
-    import threading
-    from fastbp import _blas
-    if _blas._ROUTE["engine"] is None:
-        pytest.skip(f"no router here: {_blas._ROUTE['missing']}")
-    omp = _blas._OMP
-    before = fb.get_num_threads()
-    A16 = np.zeros((16, 16), np.uint16)
-    to_bf16(A16, np.ones((16, 16), np.float32))
-    try:
-        fb.set_num_threads(2)
-        C = np.zeros((16, 16), np.float32)
-        gemm_bf16(False, False, A16, A16, 0.0, C)
-        assert omp.omp_get_max_threads() == 2 and np.all(C == 16.0)
-        seen = []
-
-        def other():
-            mine = omp.omp_get_max_threads()
-            D = np.zeros((16, 16), np.float32)
-            gemm_bf16(False, False, A16, A16, 0.0, D)
-            seen.append((mine, omp.omp_get_max_threads(), bool(np.all(D == 16.0))))
-        t = threading.Thread(target=other)
-        t.start()
-        t.join()
-        assert seen[0][0] == seen[0][1] and seen[0][2]
-    finally:
-        fb.set_num_threads(before)
