@@ -187,10 +187,21 @@ def fit(net, X, y, epochs=1, batch_size=32, optimizer=None, shuffle=True, valida
         raise            # raised on every rank at the same point (agreed), or a second Ctrl-C
     except BaseException:
         if R > 1:        # one rank failed alone: end the job rather than leave the others waiting
-            traceback.print_exc()
-            sys.stderr.flush()
+            _report_before_abort(traceback.format_exc())
             comm.Abort(1)
         raise
+
+
+def _report_before_abort(text):
+    # the failing rank's traceback in one write, and a moment for mpiexec to forward it: written
+    # line by line just before MPI_Abort, mpiexec's I/O forwarding was seen to pass on only the
+    # first line ("Traceback (most recent call last):") before the abort ended the job
+    try:
+        sys.stderr.flush()
+        os.write(sys.stderr.fileno(), text.encode("utf-8", "backslashreplace"))
+    except (OSError, ValueError, AttributeError):   # no usable stderr: print what we can
+        print(text, file=sys.stderr, flush=True)
+    time.sleep(0.5)
 
 
 def _broadcast_model(comm, net, opt):
