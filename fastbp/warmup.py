@@ -119,12 +119,18 @@ def configurations(activations, losses, optimizers, dtypes, norms=("none",), dro
     return tasks
 
 
+def _no_helper():
+    # a worker compiles what its task names itself: a fit's compile helper (fastbp._compile) would
+    # be one process more than the cores, compiling what another worker's task holds
+    os.environ["FASTBP_COMPILE_HELPER"] = "0"
+
+
 def warmup(tasks, jobs=None, verbose=True):
     """Run the tasks in ``jobs`` processes (default: one per core); returns the seconds each took."""
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(tasks)))
     out = []
     t0 = time.perf_counter()
-    with ProcessPoolExecutor(max_workers=jobs) as pool:
+    with ProcessPoolExecutor(max_workers=jobs, initializer=_no_helper) as pool:
         for task, seconds in pool.map(_task, tasks):
             out.append(seconds)
             if verbose:
