@@ -2,7 +2,7 @@
 
 Real child processes on empty Numba caches: with the helper the first process compiles only the
 epoch driver itself and loads the kernels and ``loss_all`` from the cache the helper filled,
-trains bit for bit as without it, and leaves no process behind.
+trains bit for bit as the test process does (from its own cache), and leaves no process behind.
 """
 
 import json
@@ -18,17 +18,22 @@ from fastbp.kernels import network as K
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(fb.__file__)))
 
+def _train():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((64, 5)).astype(np.float32); y = rng.integers(0, 3, 64)
+    net = fb.Network([5, 7, 3], activation="tanh", seed=0)
+    net.fit(X, y, epochs=2, batch_size=16, optimizer="sgd", verbose=0)
+    return net, net.predict_proba(X)
+
+
 CHILD = r"""
 import json, os
 import numpy as np
 import fastbp as fb
 from fastbp import _compile
 from fastbp.kernels import network as K, table as T
-rng = np.random.default_rng(0)
-X = rng.standard_normal((64, 5)).astype(np.float32); y = rng.integers(0, 3, 64)
-net = fb.Network([5, 7, 3], activation="tanh", seed=0)
-net.fit(X, y, epochs=2, batch_size=16, optimizer="sgd", verbose=0)
-P = net.predict_proba(X)
+from tests.test_compile import _train
+net, P = _train()
 misses = lambda d: sum(d._cache_misses.values())
 print(json.dumps({"compiled here": sorted(d.py_func.__name__ for d in {*T.KERNELS.values(), K.train_epoch, K.loss_all}
                                           if misses(d)),
@@ -57,17 +62,18 @@ def _alive(pid):
 
 
 def test_a_cold_fit_shares_its_compile_with_a_helper_and_trains_the_same(tmp_path):
-    with_helper = _run(tmp_path / "a", True)
-    alone = _run(tmp_path / "b", False)
-    assert alone["compiled here"] == ["loss_all", "sgd_u", "softmax_out", "softmax_xent_b", "softmax_xent_f",
-                                      "tanh_b", "tanh_f", "train_epoch"]
-    assert alone["helpers"] == []
-    # with the helper: this process compiled the epoch driver, the helper the rest
+    # (tests/test_table.py checks what a cold process compiles without the helper: the network's
+    # kernels and both drivers)
+    with_helper = _run(tmp_path, True)
+    # this process compiled the epoch driver, the helper the rest, and it is gone
     assert with_helper["compiled here"] == ["train_epoch"]
     assert len(with_helper["helpers"]) == 1 and not _alive(with_helper["helpers"][0])
-    assert with_helper["params"] == alone["params"] and with_helper["P"] == alone["P"]
-    # a warm cache: no helper
-    assert _run(tmp_path / "a", True)["helpers"] == []
+    # bit for bit as this process trains, from the cache the suite's warmup filled (or its own compile)
+    net, P = _train()
+    assert with_helper["params"] == net.params.tolist() and with_helper["P"] == P.tolist()
+    # a warm cache: no helper, nothing compiled
+    warm = _run(tmp_path, True)
+    assert warm["helpers"] == [] and warm["compiled here"] == []
 
 
 def test_no_helper_when_the_driver_is_cached_or_it_is_turned_off(monkeypatch):

@@ -50,7 +50,8 @@ def test_network_kernel_tables():
 
 def test_every_kernel_has_its_family_signature():
     for (family, code), disp in T.KERNELS.items():
-        for dtype in (np.float32, np.float64):
+        # (a bf16 network's parameter copy and products: float32 networks only, _validation refuses others)
+        for dtype in (np.float32,) if family in ("cvt", "mm16") else (np.float32, np.float64):
             sig = T.signature(family, dtype)
             assert len(sig.args) == disp.py_func.__code__.co_argcount, (family, code)
             T.address(family, code, dtype)    # compiles with exactly that signature, return type included

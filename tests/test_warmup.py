@@ -80,7 +80,7 @@ def test_two_processes_compile_once_and_agree(tmp_path):
 
 def test_warmup_compiles_what_a_network_then_loads(tmp_path):
     argv = ["--activations", "elu", "--losses", "binary_cross_entropy", "--optimizers", "adamw", "--dtypes",
-            "float64", "--jobs", "1", "--quiet"]
+            "float64", "--quiet"]
     proc = subprocess.run([sys.executable, "-m", "fastbp.warmup", *argv], cwd=str(tmp_path), env=_env(tmp_path),
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
