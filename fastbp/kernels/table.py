@@ -159,7 +159,11 @@ def address(family, code, dtype):
     if addr is None:
         disp = KERNELS[family, int(code)]
         sig = signature(family, dtype)
-        disp.compile(sig)   # (with the return type: the call_* intrinsics read the result as that type)
+        # compiled for the argument types alone, as a call from Python compiles it: Numba keys its
+        # cache by what compile() was given, and a kernel compiled with the return type in its
+        # signature was compiled (and cached) a second time when Python called it. The call_*
+        # intrinsics read the result as the family's type, checked here instead
+        disp.compile(sig.args)
         cres = disp.overloads[sig.args]
         if cres.signature.return_type != sig.return_type:
             raise TypeError(f"{disp.py_func.__name__} returns {cres.signature.return_type}, not {sig.return_type}")
