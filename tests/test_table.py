@@ -144,3 +144,31 @@ def test_tables_follow_the_network_when_made_afresh_and_after_a_new_dropout(rng)
     net.dropout[0] = 0.5                     # dropout changed in place: the training table gains its kernels
     net.fit(X, y, epochs=1, verbose=0)
     assert net._kernels(ADAM, True)[0][T.DROP_F] == T.address("drop_f", 0, net.dtype)
+
+
+_BY_ADDRESS_THEN_PYTHON = r"""
+import json, sys
+import numpy as np
+from fastbp.kernels import optim, table
+disp = table.KERNELS["opt_u", optim.SGD]
+if sys.argv[1] == "address":          # as warmup and a network's table compile it
+    table.address("opt_u", optim.SGD, np.float32)
+else:                                 # as fastbp.distributed's step calls it, from Python
+    p, g, e = np.ones(8, np.float32), np.ones(8, np.float32), np.zeros(0, np.float32)
+    hp = optim.pack(optim.new_hparams_array(optim.SGD), optim.HPARAMS[optim.SGD](lr=0.5, momentum=0.0, dampening=0.0,
+                                                                               weight_decay=0.0, nesterov=False))
+    optim.optimizer_update(optim.SGD, p, g, e, e, e, hp, 1, 1.0)
+    assert (p == 0.5).all(), p
+print(json.dumps([sum(disp._cache_hits.values()), sum(disp._cache_misses.values())]))
+"""
+
+
+def test_a_kernel_compiled_for_its_table_is_loaded_when_python_calls_it(tmp_path):
+    # Numba keys its cache by what compile() was given: a table compile with the return type in the
+    # signature was once cached apart from a Python call's and compiled again for it
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path), FASTBP_COMPILE_HELPER="0")
+    runs = [subprocess.run([sys.executable, "-c", _BY_ADDRESS_THEN_PYTHON, how], env=env, capture_output=True,
+                           text=True, timeout=600) for how in ("address", "python")]
+    for r in runs:
+        assert r.returncode == 0, r.stderr[-3000:]
+    assert [json.loads(r.stdout.strip().splitlines()[-1]) for r in runs] == [[0, 1], [1, 0]]
