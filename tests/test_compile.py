@@ -18,6 +18,7 @@ from fastbp.kernels import network as K
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(fb.__file__)))
 
+
 def _train():
     rng = np.random.default_rng(0)
     X = rng.standard_normal((64, 5)).astype(np.float32); y = rng.integers(0, 3, 64)

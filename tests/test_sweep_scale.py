@@ -47,13 +47,16 @@ method = "grid"
 save_runs = {save_runs}
 
 [sweep.params]
-"optimizer.lr" = [1e-3, 3e-3, 1e-2, 3e-2]
+{params}
 """
 
 
-def write(tmp_path, epochs=3, save_runs="false", name="sweep.toml"):
+LR_GRID = '"optimizer.lr" = [1e-3, 3e-3, 1e-2, 3e-2]'
+
+
+def write(tmp_path, epochs=3, save_runs="false", name="sweep.toml", params=LR_GRID):
     path = tmp_path / name
-    path.write_text(CONFIG.format(epochs=epochs, save_runs=save_runs))
+    path.write_text(CONFIG.format(epochs=epochs, save_runs=save_runs, params=params))
     return str(path)
 
 
@@ -176,10 +179,7 @@ def test_a_killed_worker_is_a_failed_row_and_the_others_go_on(tmp_path):
 def test_ctrl_c_stops_the_workers_and_keeps_finished_rows(tmp_path):
     # two short runs (their rows come at once) and two long ones, which Ctrl-C interrupts (a run of
     # 20000 epochs took 2.2 s on a 2-core EPYC with a warm cache, 600 epochs 0.03 s)
-    cfg = str(tmp_path / "sweep.toml")
-    with open(cfg, "w") as f:
-        f.write(CONFIG.format(epochs=3, save_runs="false").replace(
-            '"optimizer.lr" = [1e-3, 3e-3, 1e-2, 3e-2]', '"training.epochs" = [100, 20000]\n"optimizer.lr" = [1e-3, 1e-2]'))
+    cfg = write(tmp_path, params='"training.epochs" = [100, 20000]\n"optimizer.lr" = [1e-3, 1e-2]')
     out = str(tmp_path / "out")
     proc = _sweep_process(cfg, out)
     try:
@@ -233,7 +233,7 @@ sampler = "{sampler}"
 
 
 def write_optuna(tmp_path, n=4, sampler="tpe", extra="", epochs=3, name="opt.toml"):
-    text = CONFIG.format(epochs=epochs, save_runs="false")
+    text = CONFIG.format(epochs=epochs, save_runs="false", params=LR_GRID)
     text = text[:text.index("[sweep]")] + OPTUNA.format(n=n, sampler=sampler, extra=extra)
     path = tmp_path / name
     path.write_text(text)

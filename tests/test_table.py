@@ -54,7 +54,7 @@ def test_every_kernel_has_its_family_signature():
         for dtype in (np.float32,) if family in ("cvt", "mm16") else (np.float32, np.float64):
             sig = T.signature(family, dtype)
             assert len(sig.args) == disp.py_func.__code__.co_argcount, (family, code)
-            T.address(family, code, dtype)    # compiles with exactly that signature, return type included
+            T.address(family, code, dtype)    # compiles for those argument types and checks the return type
             assert disp.overloads[sig.args].signature == sig, (family, code)
 
 
@@ -149,15 +149,14 @@ def test_tables_follow_the_network_when_made_afresh_and_after_a_new_dropout(rng)
 _BY_ADDRESS_THEN_PYTHON = r"""
 import json, sys
 import numpy as np
+import fastbp as fb
 from fastbp.kernels import optim, table
 disp = table.KERNELS["opt_u", optim.SGD]
 if sys.argv[1] == "address":          # as warmup and a network's table compile it
     table.address("opt_u", optim.SGD, np.float32)
 else:                                 # as fastbp.distributed's step calls it, from Python
     p, g, e = np.ones(8, np.float32), np.ones(8, np.float32), np.zeros(0, np.float32)
-    hp = optim.pack(optim.new_hparams_array(optim.SGD), optim.HPARAMS[optim.SGD](lr=0.5, momentum=0.0, dampening=0.0,
-                                                                               weight_decay=0.0, nesterov=False))
-    optim.optimizer_update(optim.SGD, p, g, e, e, e, hp, 1, 1.0)
+    optim.optimizer_update(optim.SGD, p, g, e, e, e, fb.SGD(lr=0.5)._hparams(), 1, 1.0)
     assert (p == 0.5).all(), p
 print(json.dumps([sum(disp._cache_hits.values()), sum(disp._cache_misses.values())]))
 """
