@@ -1,22 +1,26 @@
-"""A cold fit compiles in two processes: the driver here, its kernels (and inference) in a helper.
+"""A cold fit trains at once: its drivers compile in a helper process while it runs them interpreted.
 
 Numba compiles one function at a time per process, and a cold fit needs the epoch driver
-(``kernels.network.train_epoch``, most of the compile) and the network's kernels
-(``kernels.table``), which do not depend on each other until the first batch runs. When
-neither is in Numba's cache, ``start_helper`` starts ``python -m fastbp._compile`` to compile
-the missing kernels and then the inference driver (``loss_all``, which evaluate, predict and a
-validation set use) into the cache, while this process compiles ``train_epoch``. Each compile
-holds the cross-process file lock of ``_config.compile_locked``, so whichever process reaches a
-function second waits for the first and loads its result from the cache: nothing is compiled
-twice, and the results do not depend on which process compiled what (the same machine code,
-loaded from the same cache).
+(``kernels.network.train_epoch``, most of the compile: seconds) and the network's kernels
+(``kernels.table``, a fraction of a second each). When the driver is not in Numba's cache,
+``start_helper`` starts ``python -m fastbp._compile`` to compile, into the cache, the kernels
+that are missing (last first), then ``train_epoch`` and the inference driver (``loss_all``,
+which evaluate, predict and a validation set use). Meanwhile this process fills the network's
+kernel table (compiling its kernels first first, so that the two processes meet in the middle)
+and trains: while the helper has not finished a driver (``interpreting``), ``_training`` and
+``Network`` run its interpreted twin (``kernels.interp``: the same source, calling the same
+compiled kernels, so the same results bit for bit) and switch to the compiled driver, loaded
+from the cache, as soon as it is there. Each compile holds the cross-process file lock of
+``_config.compile_locked``, so whichever process reaches a function second waits for the first
+and loads its result from the cache: nothing is compiled twice.
 
 The helper is only started when the cache is usable (a compile can be shared), the driver is
-not cached yet (the helper then has several seconds to finish in), and not under MPI (ranks
-share their compiles through the lock already). ``FASTBP_COMPILE_HELPER=0`` turns it off. It
-inherits the environment (``NUMBA_CACHE_DIR`` included) and is stopped when this process
-exits, if it is still running then (a process that ends without running its exit handlers, as
-a forked multiprocessing worker does, leaves it to finish its compile and exit by itself).
+not cached yet, and not under MPI (ranks share their compiles through the lock already).
+``FASTBP_COMPILE_HELPER=0`` turns it off (the driver then compiles here, before the first
+batch). It inherits the environment (``NUMBA_CACHE_DIR`` included). A process that exits while
+its helper is still compiling waits for it, since that compile is what the next process would
+otherwise pay again (Ctrl-C stops the wait and the helper); a process that ends without running
+its exit handlers, as a forked multiprocessing worker does, leaves it to finish by itself.
 """
 
 import atexit
@@ -25,11 +29,14 @@ import os
 import pickle
 import subprocess
 import sys
+import time
 
 ENV = "FASTBP_COMPILE_HELPER"
 _MPI_ENV = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMI_RANK", "MPI_LOCALNRANKS")
 _HELPERS = []
 _OWNER = [None]   # the process whose helpers _HELPERS lists
+_PENDING = {}     # name of a driver in kernels.network -> [(a helper compiling it, the signature)]
+CHECK_SECONDS = 0.2
 
 
 def is_cached(disp, sig):
@@ -55,21 +62,27 @@ def _usable(disp, sig):
 
 
 def start_helper(driver, driver_sig, kernels, dtype, later=()):
-    """If ``driver`` (a dispatcher) is not cached for ``driver_sig`` and some of ``kernels``
-    ((family, code) pairs of kernels.table) are not either, start a helper compiling those
-    kernels for ``dtype`` and then the ``later`` drivers ((name in kernels.network, signature)
-    pairs) that are not cached; returns the process, or None when it is not worth one."""
+    """If ``driver`` (a dispatcher of kernels.network) is not cached for ``driver_sig``, start a
+    helper compiling the ``kernels`` ((family, code) pairs of kernels.table) for ``dtype`` that are
+    not cached (the last first), then ``driver`` and the ``later`` drivers ((name in
+    kernels.network, signature) pairs) that are not cached either; returns the process (the one
+    already compiling ``driver`` for ``driver_sig``, if this process has one), or None when there is
+    no helper to start. ``waiting`` and ``interpreting`` tell when its drivers are there."""
     from .kernels import table
     import numpy as np
     dtype = np.dtype(dtype)
+    driver_sig = tuple(driver_sig)
+    name = driver.py_func.__name__
+    for proc, sig in _compiling(name):
+        if sig == driver_sig:
+            return proc
     if is_cached(driver, driver_sig) or not _usable(driver, driver_sig):
         return None
-    todo = [k for k in kernels if not is_cached(table.KERNELS[k], table.signature(k[0], dtype).args)]
-    if not todo:
-        return None
+    todo = [k for k in kernels if not is_cached(table.KERNELS[k], table.signature(k[0], dtype).args)][::-1]
     from .kernels import network as K
-    later = [(name, tuple(sig)) for name, sig in later if not is_cached(getattr(K, name), sig)]
-    payload = base64.b64encode(pickle.dumps((dtype.name, todo, later))).decode()
+    drivers = [(name, driver_sig)]
+    drivers += [(n, tuple(sig)) for n, sig in later if not is_cached(getattr(K, n), sig)]
+    payload = base64.b64encode(pickle.dumps((dtype.name, todo, drivers))).decode()
     env = dict(os.environ)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)   # this very fastbp
@@ -81,9 +94,66 @@ def start_helper(driver, driver_sig, kernels, dtype, later=()):
     if _OWNER[0] != os.getpid():       # first helper of this process (or of a fork of one that had some)
         _OWNER[0] = os.getpid()
         _HELPERS.clear()
-        atexit.register(_stop_helpers)
+        _PENDING.clear()
+        atexit.register(_wait_for_helpers)
     _HELPERS.append(proc)
+    for n, sig in drivers:
+        _PENDING.setdefault(n, []).append((proc, sig))
     return proc
+
+
+def _compiling(name):
+    # (helper, signature) of every helper of this process still compiling driver ``name``
+    if _OWNER[0] != os.getpid():
+        return []
+    live = _PENDING[name] = [(p, sig) for p, sig in _PENDING.get(name, ()) if p.poll() is None]
+    return live
+
+
+def waiting(driver, sig):
+    """A function that says, each time it is called, whether ``driver`` for ``sig`` is still being
+    compiled by a helper of this process (its caller then runs the interpreted twin,
+    kernels.interp); from the first time it says no (the driver is in the cache or in this
+    process, or the helper is gone) it always does. It looks at the cache at most every
+    CHECK_SECONDS (a lookup reads the cache's index)."""
+    sig = tuple(sig)
+    procs = [p for p, _ in _compiling(driver.py_func.__name__)]
+    if not procs or sig in driver.overloads:
+        return lambda: False
+    state = {"done": False, "next": 0.0}
+
+    def still():
+        if state["done"]:
+            return False
+        now = time.monotonic()
+        if now < state["next"]:
+            return True
+        state["next"] = now + CHECK_SECONDS
+        state["done"] = all(p.poll() is not None for p in procs) or is_cached(driver, sig)
+        return not state["done"]
+    return still
+
+
+def interpreting(driver, args):
+    """Whether a call of ``driver`` with ``args`` should run its interpreted twin: a helper of this
+    process is compiling ``driver`` (for these or other argument types: a cold fit's helper
+    compiles loss_all for predict, and an evaluate with targets waits for it too), and it is not
+    in this process or the cache for these arguments' types."""
+    if not _compiling(driver.py_func.__name__):
+        return False
+    from numba import typeof
+    sig = tuple(typeof(a) for a in args)
+    return sig not in driver.overloads and not is_cached(driver, sig)
+
+
+def _wait_for_helpers():
+    try:
+        for proc in _HELPERS:
+            proc.wait()
+    except KeyboardInterrupt:
+        _stop_helpers()
+    _HELPERS.clear()
+    _PENDING.clear()
 
 
 def _stop_helpers():
@@ -95,17 +165,18 @@ def _stop_helpers():
             except subprocess.TimeoutExpired:   # pragma: no cover
                 proc.kill()
     _HELPERS.clear()
+    _PENDING.clear()
 
 
 def main(argv=None):
     """The helper: compile the kernels, then the drivers, named in the payload."""
     argv = sys.argv[1:] if argv is None else argv
-    dtype, kernels, later = pickle.loads(base64.b64decode(argv[0]))
+    dtype, kernels, drivers = pickle.loads(base64.b64decode(argv[0]))
     from .kernels import network as K
     from .kernels.table import address
     for family, code in kernels:
         address(family, code, dtype)
-    for name, sig in later:
+    for name, sig in drivers:
         getattr(K, name).compile(sig)
     return 0
 

@@ -60,6 +60,35 @@ class InterruptFlag:
         return False
 
 
+class HeldInterrupts:
+    """Within ``with``: Ctrl-C is held back and delivered when the block ends (to the handler there
+    was before, InterruptFlag's included), so that Python code that must not stop halfway (an
+    interpreted batch) is as uninterruptible as a compiled call. Only in the main thread."""
+
+    def __init__(self):
+        self._held = 0
+        self._old = None
+
+    def _handler(self, signum, frame):
+        self._held += 1
+
+    def __enter__(self):
+        self._held, self._old = 0, None
+        if threading.current_thread() is threading.main_thread():
+            try:
+                self._old = signal.signal(signal.SIGINT, self._handler)
+            except (ValueError, OSError):
+                self._old = None
+        return self
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+            for _ in range(self._held):
+                signal.raise_signal(signal.SIGINT)
+        return False
+
+
 def columns(stream):
     """The width of the terminal ``stream`` writes to (else $COLUMNS); 0 when unknown."""
     try:

@@ -44,10 +44,12 @@ import warnings
 
 import numpy as np
 
+from . import _compile
 from ._blas import ThreadPolicy
+from ._progress import HeldInterrupts
 from .callbacks import Callback
 from .errors import DivergenceError, InputError
-from .kernels import network as K
+from .kernels import interp, network as K
 from .kernels.losses import SIGMOID_BCE, SOFTMAX_CE, correct_count
 from .kernels.optim import threaded_update
 from .schedules import Schedule, check_schedule
@@ -119,6 +121,7 @@ class Runner:
         self.state = opt._bind(net)
         self.hp = opt._hparams()
         self.kt = None          # the kernel table, made at the first run (see _first_run)
+        self._compiling = None  # whether a helper is still compiling the epoch driver (_first_run)
         self.chunk = 1          # batches per call when Python wants control back every CHUNK_SECONDS
         self._ws = self._borrowed = None
         # the BLAS threads unless the user set them (and Numba's, for the threaded optimizer kernels)
@@ -160,13 +163,16 @@ class Runner:
                 self.stats, self.ctl, self.tstats, self.pprev)
         if self.kt is None:
             self._first_run(args)
+        if self._compiling():
+            with HeldInterrupts():     # (a compiled call cannot be interrupted halfway: nor can this)
+                return interp.train_epoch(self.kt, *args)
         return K.train_epoch(self.kt, *args)
 
     def _first_run(self, args):
-        """Make the kernel table. On a cold cache the kernels (and the inference driver) compile in
-        a helper process while this one compiles the epoch driver (fastbp._compile)."""
+        """Make the kernel table. On a cold cache a helper process compiles the epoch and inference
+        drivers (and the kernels this one has not reached), and the batches run interpreted until
+        the compiled driver is in the cache (fastbp._compile)."""
         from numba import typeof
-        from . import _compile
         net = self.net
         kt = np.zeros((1, 1), np.int64)            # (the type of every kernel table)
         sig = tuple(typeof(a) for a in (kt, *args))
@@ -174,9 +180,9 @@ class Runner:
         out = np.zeros((1, net.n_outputs), net.dtype)
         infer = tuple(typeof(a) for a in (kt, net.params, net.norm_state, ws, layout, fpar, meta, net._rng, self.X,
                                           net._no_T, net._no_labels, True, net._no_weights, 1, out, False))
-        if _compile.start_helper(K.train_epoch, sig, net._kernel_list(self.opt.kind, True), net.dtype,
-                                 later=[("loss_all", infer)]) is not None:
-            K.train_epoch.compile(sig)
+        _compile.start_helper(K.train_epoch, sig, net._kernel_list(self.opt.kind, True), net.dtype,
+                              later=[("loss_all", infer)])
+        self._compiling = _compile.waiting(K.train_epoch, sig)
         self.kt = net._training_kernels(self.opt.kind)
 
     def run_epoch(self, shuffle, should_stop, batch_callbacks=(), per_batch=False, progress=None, where=""):

@@ -12,7 +12,7 @@ import warnings
 
 import numpy as np
 
-from . import _buffers, _io
+from . import _buffers, _compile, _io
 from ._blas import bf16_support
 from ._progress import InterruptFlag, Progress, closing_on_error, isatty
 from ._training import (History, Runner, check_callbacks, check_monitors, raise_diverged, validation_set,
@@ -20,7 +20,7 @@ from ._training import (History, Runner, check_callbacks, check_monitors, raise_
 from ._validation import (check_architecture, check_float, check_int, check_positive_int, check_sample_weight,
                           check_targets, check_weights, check_X, with_class_weights)
 from .errors import InputError
-from .kernels import network as K
+from .kernels import interp, network as K
 from .kernels.activations import ACTIVATIONS, DEFAULT_ALPHA
 from .kernels.table import kernel_table, kernels_needed
 from .kernels.losses import SIGMOID_BCE, SOFTMAX_CE, correct_count
@@ -33,6 +33,12 @@ from .schedules import check_rates
 
 FORMAT, FORMAT_VERSION = _io.FORMAT, _io.FORMAT_VERSION
 PREDICT_BATCH = 1024
+
+
+def _inference(args):
+    # the inference driver for these arguments: interpreted while a cold fit's helper compiles it
+    # (fastbp._compile; the same results), else compiled
+    return interp.loss_all if _compile.interpreting(K.loss_all, args) else K.loss_all
 MAX_WORKSPACES = 4    # cached workspaces (one per batch size), least recently used dropped first
 
 
@@ -439,8 +445,9 @@ class Network:
     def _predict_checked(self, X):
         out = np.empty((X.shape[0], self.n_outputs), self.dtype)
         with self._borrow(PREDICT_BATCH) as (ws, layout, fpar, meta):
-            K.loss_all(self._kernels(), self.params, self.norm_state, ws, layout, fpar, meta, self._rng, X, self._no_T,
-                       self._no_labels, True, self._no_weights, PREDICT_BATCH, out, False)
+            args = (self._kernels(), self.params, self.norm_state, ws, layout, fpar, meta, self._rng, X, self._no_T,
+                    self._no_labels, True, self._no_weights, PREDICT_BATCH, out, False)
+            _inference(args)(*args)
         return out
 
     def predict(self, X):
@@ -462,8 +469,9 @@ class Network:
     def _evaluate_checked(self, X, T, labels, use_labels, sw):
         out = np.empty((X.shape[0], self.n_outputs), self.dtype)
         with self._borrow(PREDICT_BATCH) as (ws, layout, fpar, meta):
-            loss = K.loss_all(self._kernels(), self.params, self.norm_state, ws, layout, fpar, meta, self._rng, X, T,
-                              labels, use_labels, sw, PREDICT_BATCH, out, True)
+            args = (self._kernels(), self.params, self.norm_state, ws, layout, fpar, meta, self._rng, X, T,
+                    labels, use_labels, sw, PREDICT_BATCH, out, True)
+            loss = _inference(args)(*args)
         res = {"loss": float(loss)}
         if self.is_classifier:   # the kernels' count of correct predictions, as fit's accuracy
             res["accuracy"] = float(correct_count(self._loss_code, out, T, labels, use_labels) / X.shape[0])

@@ -1,14 +1,16 @@
-"""fastbp._compile: a cold fit compiles its kernels and the inference driver in a helper process.
+"""fastbp._compile: a cold fit trains interpreted while a helper process compiles its drivers.
 
-Real child processes on empty Numba caches: with the helper the first process compiles only the
-epoch driver itself and loads the kernels and ``loss_all`` from the cache the helper filled,
-trains bit for bit as the test process does (from its own cache), and leaves no process behind.
+Real child processes on empty Numba caches: with the helper the first process compiles none of
+the drivers (the helper does, and some of the kernels), runs its batches and predictions through
+the interpreted drivers (kernels.interp), trains bit for bit as the test process does (from its
+own cache), waits for the helper when it exits and leaves no process behind.
 """
 
 import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 
@@ -19,12 +21,26 @@ from fastbp.kernels import network as K
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(fb.__file__)))
 
 
-def _train():
+def _train(epochs=None):
+    # epochs=None: until an epoch ran with the compiled driver (a cold process: its helper then
+    # compiled it meanwhile), a short pause after each so that the epochs stay few. Returns the
+    # network, its predictions after the first epoch and at the end, and the epochs trained
     rng = np.random.default_rng(0)
     X = rng.standard_normal((64, 5)).astype(np.float32); y = rng.integers(0, 3, 64)
     net = fb.Network([5, 7, 3], activation="tanh", seed=0)
-    net.fit(X, y, epochs=2, batch_size=16, optimizer="sgd", verbose=0)
-    return net, net.predict_proba(X)
+    first = []
+    t0 = time.monotonic()
+
+    class Probe(fb.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 0:
+                first.append(net.predict_proba(X))
+            if epochs is None:
+                net.stop_training = bool(K.train_epoch.overloads) or time.monotonic() - t0 > 120
+                time.sleep(0.02)
+
+    hist = net.fit(X, y, epochs=epochs or 10 ** 6, batch_size=16, optimizer="sgd", verbose=0, callbacks=[Probe()])
+    return net, first[0], net.predict_proba(X), len(hist.history["loss"])
 
 
 CHILD = r"""
@@ -33,13 +49,22 @@ import numpy as np
 import fastbp as fb
 from fastbp import _compile
 from fastbp.kernels import network as K, table as T
+from fastbp.kernels import interp
 from tests.test_compile import _train
-net, P = _train()
+calls = []
+for name in ("train_epoch", "loss_all"):
+    def counted(*args, _f=getattr(interp, name), _name=name):
+        calls.append(_name)
+        return _f(*args)
+    setattr(interp, name, counted)
+net, P0, P, epochs = _train()
 misses = lambda d: sum(d._cache_misses.values())
 print(json.dumps({"compiled here": sorted(d.py_func.__name__ for d in {*T.KERNELS.values(), K.train_epoch, K.loss_all}
                                           if misses(d)),
+                  "interpreted": sorted(set(calls)), "interpreted calls": calls.count("train_epoch"),
+                  "compiled": bool(K.train_epoch.overloads), "epochs": epochs,
                   "helpers": [p.pid for p in _compile._HELPERS],
-                  "params": net.params.tolist(), "P": P.tolist()}))
+                  "params": net.params.tolist(), "P0": P0.tolist(), "P": P.tolist()}))
 """
 
 
@@ -62,19 +87,24 @@ def _alive(pid):
         return f.read().split()[2] != "Z"
 
 
-def test_a_cold_fit_shares_its_compile_with_a_helper_and_trains_the_same(tmp_path):
+def test_a_cold_fit_trains_interpreted_while_a_helper_compiles_and_trains_the_same(tmp_path):
     # (tests/test_table.py checks what a cold process compiles without the helper: the network's
     # kernels and both drivers)
-    with_helper = _run(tmp_path, True)
-    # this process compiled the epoch driver, the helper the rest, and it is gone
-    assert with_helper["compiled here"] == ["train_epoch"]
-    assert len(with_helper["helpers"]) == 1 and not _alive(with_helper["helpers"][0])
+    cold = _run(tmp_path, True)
+    # the helper compiled the drivers (this process at most some of the kernels); the first epochs
+    # and the prediction after the first ran interpreted meanwhile, then the fit went on with the
+    # compiled driver, loaded from the cache; the helper is gone (its process waited for it at exit)
+    assert "train_epoch" not in cold["compiled here"] and "loss_all" not in cold["compiled here"]
+    assert cold["interpreted"] == ["loss_all", "train_epoch"] and cold["compiled"]
+    assert cold["interpreted calls"] >= 1 and cold["epochs"] > 1
+    assert len(cold["helpers"]) == 1 and not _alive(cold["helpers"][0])
     # bit for bit as this process trains, from the cache the suite's warmup filled (or its own compile)
-    net, P = _train()
-    assert with_helper["params"] == net.params.tolist() and with_helper["P"] == P.tolist()
-    # a warm cache: no helper, nothing compiled
+    net, P0, P, _ = _train(cold["epochs"])
+    assert cold["params"] == net.params.tolist() and cold["P0"] == P0.tolist() and cold["P"] == P.tolist()
+    # a warm cache (the helper finished before its process exited): no helper, nothing compiled
+    # or interpreted
     warm = _run(tmp_path, True)
-    assert warm["helpers"] == [] and warm["compiled here"] == []
+    assert warm["helpers"] == [] and warm["compiled here"] == [] and warm["interpreted"] == []
 
 
 def test_no_helper_when_the_driver_is_cached_or_it_is_turned_off(monkeypatch):

@@ -72,6 +72,49 @@ def vec(buf, off, k):
     return buf[off:off + k]
 
 
+# The drivers' element loops are functions of their own (leaves): the interpreted drivers
+# (interp.py) call them compiled, as they call the kernels.
+@njit(**JIT)
+def scaled(C, c, W):
+    # C = c W (c float64: the product in float64, rounded once to C's precision)
+    for i in range(W.shape[0]):
+        for j in range(W.shape[1]):
+            C[i, j] = c * W[i, j]
+
+
+@njit(**JIT)
+def copy_vec(out, x):
+    # out = x (a loop: slice assignment compiles a string-formatting error path)
+    for i in range(x.shape[0]):
+        out[i] = x[i]
+
+
+@njit(**JIT)
+def total_of(x):
+    # sum of x in float64, in order
+    s = 0.0
+    for i in range(x.shape[0]):
+        s += x[i]
+    return s
+
+
+@njit(**JIT)
+def gather_rows(Xb, Tb, Lb, Wb, X, T, labels, sw, rows, use_labels, weighted):
+    # batch row r <- row rows[r] of X and of labels or T (and sw if weighted)
+    d = X.shape[1]
+    for r in range(rows.shape[0]):
+        src = rows[r]
+        for j in range(d):
+            Xb[r, j] = X[src, j]
+        if use_labels:
+            Lb[r] = labels[src]
+        else:
+            for j in range(T.shape[1]):
+                Tb[r, j] = T[src, j]
+        if weighted:
+            Wb[r] = sw[src]
+
+
 @njit(**JIT)
 def bf16_params(kt, ws, params, meta):
     # a bf16 network's bf16 copy of its parameters (once per step and per inference call)
@@ -99,9 +142,7 @@ def bf16_products(ws, layout, meta, l, which, A, B, C, W, c):
     if B.shape[0] > 0:
         gemm_bf16(False, True, dZ16, W16, 0.0, B)
     if c > 0.0:
-        for i in range(n_in):
-            for j in range(n_out):
-                C[i, j] = c * W[i, j]
+        scaled(C, c, W)
     gemm_bf16(True, False, X16, dZ16, 1.0 if c > 0.0 else 0.0, C)
 
 
@@ -131,9 +172,7 @@ def backward_products(kt, ws, grads, layout, meta, l, dZ, W, inp, dA, dW, c):
         else:
             gemm(False, True, 1.0, dZ, W, 0.0, dA)          # dX = dZ W^T
     if c > 0.0:
-        for i in range(n_in):
-            for j in range(k):
-                dW[i, j] = c * W[i, j]
+        scaled(dW, c, W)
     gemm(True, False, 1.0, inp, dZ, 1.0 if c > 0.0 else 0.0, dW)   # dW = X^T dZ (+ c W)
 
 
@@ -275,8 +314,7 @@ def train_batch(kt, params, grads, nstate, ws, layout, fpar, meta, rng, X, T, la
     elif not all_finite(grads):
         return loss, penalty, BAD_GRAD
     if track:
-        for i in range(params.shape[0]):   # (a loop: slice assignment compiles a string-formatting error path)
-            pprev[i] = params[i]
+        copy_vec(pprev, params)
     step[0] += 1
     call_opt_u(kt[-1, OPT_U], params, grads, s1, s2, s3, hp, step[0], gscale)
     update_running(kt, nstate, ws, layout, fpar, n)   # the step is accepted: so are its batch statistics
@@ -303,7 +341,6 @@ def train_epoch(kt, params, grads, nstate, ws, layout, fpar, meta, rng, X, T, la
     if kt.shape[0] != layout.shape[0] + 1 or kt[-1, ITEMSIZE] != params.itemsize:
         raise ValueError("fastbp: the kernel table is not this network's (rows or dtype)")
     N = X.shape[0]
-    d = X.shape[1]
     L = layout.shape[0] - 1
     weighted = sw.shape[0] != 0
     for bi in range(b0, b1):
@@ -311,17 +348,7 @@ def train_epoch(kt, params, grads, nstate, ws, layout, fpar, meta, rng, X, T, la
         e = min(N, s + batch_size)
         n = e - s
         if shuffle:
-            for r in range(n):
-                src = perm[s + r]
-                for j in range(d):
-                    Xb[r, j] = X[src, j]
-                if use_labels:
-                    Lb[r] = labels[src]
-                else:
-                    for j in range(T.shape[1]):
-                        Tb[r, j] = T[src, j]
-                if weighted:
-                    Wb[r] = sw[src]
+            gather_rows(Xb, Tb, Lb, Wb, X, T, labels, sw, perm[s:e], use_labels, weighted)
             xb, tb, lb, wb = Xb[:n], Tb[:n], Lb[:n], Wb[:n] if weighted else sw
         else:
             xb, tb, lb, wb = X[s:e], T[s:e], labels[s:e], sw[s:e] if weighted else sw
@@ -371,12 +398,7 @@ def loss_all(kt, params, nstate, ws, layout, fpar, meta, rng, X, T, labels, use_
         forward_product(kt, ws, layout, meta, L, inp, W, Z, n)
         if with_loss:
             wb = sw[s:e] if weighted else sw
-            wsum = 0.0
-            if weighted:
-                for i in range(n):
-                    wsum += wb[i]
-            else:
-                wsum = n
+            wsum = total_of(wb) if weighted else float(n)
             total += wsum * call_loss_f(kt[-1, LOSS_F], P, Z, b, T[s:e], labels[s:e], use_labels, wb)
             wtotal += wsum
         else:

@@ -149,6 +149,7 @@ call_act_f, call_act_b, call_loss_f, call_loss_b, call_out_f, call_norm_f, call_
 # ---- filling a table ----------------------------------------------------------------------------
 _ADDRESS = {}   # (family, code, dtype name) -> address in this process
 _TABLES = {}    # the arguments of kernel_table -> its table (shared: never write into one)
+_ENTRY = {}     # address -> the kernel's compiled entry point for Python callers
 
 
 def address(family, code, dtype):
@@ -168,7 +169,14 @@ def address(family, code, dtype):
         if cres.signature.return_type != sig.return_type:
             raise TypeError(f"{disp.py_func.__name__} returns {cres.signature.return_type}, not {sig.return_type}")
         addr = _ADDRESS[key] = int(cres.library.get_pointer_to_function(cres.fndesc.llvm_func_name))
+        _ENTRY[addr] = cres.entry_point
     return addr
+
+
+def entry(addr):
+    """The compiled kernel at ``addr`` (an address that ``address`` returned), callable from Python
+    with the family's argument types (interp.py: the drivers run by the interpreter)."""
+    return _ENTRY[int(addr)]
 
 
 def _slots(act_codes, loss_code, opt_kind, norm_codes, dropout, cvt=None):

@@ -1,0 +1,52 @@
+"""The drivers of network.py run by the Python interpreter: a cold fit trains while they compile.
+
+``train_epoch`` is most of a cold fit's compile (seconds), and nothing of it is needed to run a
+batch but its order of calls: it slices views of the flat buffers and calls the kernels of the
+table, the matrix products and a few element loops (``network.scaled``, ``gather_rows``, ...),
+which are small and compile (or load from the cache) on their own. Here each driver is its own
+source (the ``py_func`` of the dispatcher) run as plain Python, with the names it calls rebound:
+the other drivers to their interpreted twins, ``call_<family>`` to the compiled kernel at that
+address in the table (``table.entry``), and the leaves (``gemm``, ``sq_sum``, ``correct_count``,
+the element loops) left as the compiled functions they are. So every floating-point operation is
+done by the same compiled code, in the same order, as in the compiled driver, and the results are
+the same bit for bit (tests/test_interp.py); only the slicing and the calls cost more (tens of
+microseconds a batch, against the seconds the compile takes). ``fastbp._training`` runs a cold
+fit's batches here while a helper process compiles the drivers (``fastbp._compile``).
+
+A batch interpreted here can be interrupted between two kernels, which the compiled driver
+cannot be: its caller holds Ctrl-C back until the call returns (``_training``).
+"""
+
+from types import FunctionType
+
+from . import network, table
+
+# the drivers run interpreted (everything of network.py that calls a kernel by address or another
+# driver); every other function they call stays compiled
+DRIVERS = ("view2", "vec", "layer_params", "bf16_params", "forward_product", "backward_products", "hidden_forward",
+           "loss_forward_all", "update_running", "l2_penalty", "backward_all", "train_batch", "train_epoch",
+           "loss_all")
+
+
+def _caller(family):
+    def call(addr, *args):
+        if addr == 0:
+            raise RuntimeError(f"fastbp: no {family} kernel in the table")
+        return table.entry(addr)(*args)
+    call.__name__ = f"call_{family}"
+    return call
+
+
+def _interpreted():
+    ns = dict(vars(network))
+    for family in table.FAMILIES:
+        ns[f"call_{family}"] = _caller(family)
+    for name in DRIVERS:
+        f = getattr(network, name).py_func
+        ns[name] = FunctionType(f.__code__, ns, name, f.__defaults__, f.__closure__)
+    return ns
+
+
+_NS = _interpreted()
+train_epoch = _NS["train_epoch"]
+loss_all = _NS["loss_all"]
