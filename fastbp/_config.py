@@ -139,6 +139,23 @@ def _locking_compile(self, sig):
             f.close()
 
 
+def busy(disp, sig):
+    """Whether another process is compiling ``disp`` for ``sig`` now (it holds the lock below)."""
+    path = _lock_path(disp, sig)
+    if path is None or not os.path.exists(path):
+        return False
+    try:
+        with open(path, "a") as f:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    except OSError:
+        pass
+    return False
+
+
 _LOCKING = {}
 
 

@@ -119,3 +119,24 @@ def test_no_helper_when_the_driver_is_cached_or_it_is_turned_off(monkeypatch):
     monkeypatch.delenv("FASTBP_COMPILE_HELPER")
     monkeypatch.setenv("PMI_RANK", "0")           # under MPI
     assert not _compile._usable(K.train_epoch, sig)
+
+
+def test_busy_tells_that_another_process_compiles_a_kernel(tmp_path):
+    # kernels.table fills a table with what no other process is compiling first (_config.busy)
+    from fastbp._config import _lock_path, busy
+    from fastbp.kernels import table
+    disp, sig = table.KERNELS["act_f", 1], table.signature("act_f", np.float32).args
+    path = _lock_path(disp, sig)
+    if path is None:
+        import pytest
+        pytest.skip("no cache folder with file locks here")
+    holder = subprocess.Popen([sys.executable, "-c", f"import fcntl, sys, time\nf = open({path!r}, 'a')\n"
+                               "fcntl.flock(f.fileno(), fcntl.LOCK_EX)\nprint('held', flush=True)\ntime.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert busy(disp, sig)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not busy(disp, sig)

@@ -29,7 +29,7 @@ from numba.core import cgutils, errors
 from numba.core.typeconv import Conversion
 from numba.extending import intrinsic
 
-from .._config import compile_locked
+from .._config import busy, compile_locked
 from . import activations, dropout, losses, norm, optim, precision
 
 # slots of a layer's row and of the last row
@@ -220,7 +220,16 @@ def kernel_table(dtype, act_codes, loss_code, opt_kind=None, norm_codes=(), drop
     kt = _TABLES.get(key)
     if kt is None:
         kt = np.zeros((len(act_codes) + 2, N_SLOTS), np.int64)
+        # kernels that another process is compiling now (a cold fit's helper, fastbp._compile) last:
+        # this one compiles the others meanwhile, then loads those from the cache
+        later = []
         for row, slot, family, code in _slots(act_codes, loss_code, opt_kind, norm_codes, dropout, cvt):
+            if (family, int(code), np.dtype(dtype).name) not in _ADDRESS and \
+                    busy(KERNELS[family, int(code)], signature(family, dtype).args):
+                later.append((row, slot, family, code))
+            else:
+                kt[row, slot] = address(family, code, dtype)
+        for row, slot, family, code in later:
             kt[row, slot] = address(family, code, dtype)
         kt[-1, ITEMSIZE] = np.dtype(dtype).itemsize
         _TABLES[key] = kt
