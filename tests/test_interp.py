@@ -105,3 +105,42 @@ def test_ctrl_c_is_held_until_an_interpreted_call_returns():
                     pass
                 held = flag.flag
         assert not held and flag.flag
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_twins_of_the_leaves_give_the_compiled_leaves_values(dtype):
+    from fastbp import _blas
+    from fastbp.kernels import losses
+    rng = np.random.default_rng(0)
+    # the products, every transpose and beta, through the same symbol
+    for ta in (False, True):
+        for tb in (False, True):
+            A = rng.standard_normal((7, 5) if ta else (5, 7)).astype(dtype)
+            B = rng.standard_normal((9, 7) if tb else (7, 9)).astype(dtype)
+            C0 = rng.standard_normal((5, 9)).astype(dtype)
+            for beta in (0.0, 1.0):
+                C1, C2 = C0.copy(), C0.copy()
+                _blas.gemm(ta, tb, 1.0, A, B, beta, C1)
+                _blas.gemm_from_python(ta, tb, 1.0, A, B, beta, C2)
+                assert np.array_equal(C1, C2)
+    _blas.gemm_from_python(False, False, 1.0, A[:0], B, 0.0, C0[:0])     # no rows: nothing to call
+    # the gathered batch
+    X = rng.standard_normal((20, 3)).astype(dtype); T = rng.standard_normal((20, 4)).astype(dtype)
+    labels, sw, rows = rng.integers(0, 4, 20), rng.uniform(size=20).astype(dtype), rng.permutation(20)[:6]
+    for use_labels in (True, False):
+        out = [(np.zeros((8, 3), dtype), np.zeros((8, 4), dtype), np.zeros(8, np.int64), np.zeros(8, dtype))
+               for _ in range(2)]
+        K.gather_rows(*out[0], X, T, labels, sw, rows, use_labels, True)
+        interp._gather_rows(*out[1], X, T, labels, sw, rows, use_labels, True)
+        assert all(np.array_equal(a, b) for a, b in zip(*out))
+    # the counts, with ties (equal maxima: the first counts) and for every loss code
+    P = rng.integers(0, 3, (40, 4)).astype(dtype)
+    Td = rng.integers(0, 2, (40, 4)).astype(dtype)
+    lab = rng.integers(0, 4, 40)
+    for code in losses.KERNELS:
+        for use_labels in (True, False):
+            assert interp._correct_count(code, P, Td, lab, use_labels) == \
+                K.correct_count(code, P, Td, lab, use_labels)
+    Ps = rng.uniform(size=(40, 4)).astype(dtype)
+    assert interp._correct_count(losses.SIGMOID_BCE, Ps, Td, lab, False) == \
+        K.correct_count(losses.SIGMOID_BCE, Ps, Td, lab, False)

@@ -6,8 +6,12 @@ table, the matrix products and a few element loops (``network.scaled``, ``gather
 which are small and compile (or load from the cache) on their own. Here each driver is its own
 source (the ``py_func`` of the dispatcher) run as plain Python, with the names it calls rebound:
 the other drivers to their interpreted twins, ``call_<family>`` to the compiled kernel at that
-address in the table (``table.entry``), and the leaves (``gemm``, ``sq_sum``, ``correct_count``,
-the element loops) left as the compiled functions they are. So every floating-point operation is
+address in the table (``table.entry``), ``gemm`` to the same BLAS call made through ctypes
+(``_blas.gemm_from_python``), the shuffled batch's gather, the prediction's row copy and the
+count of correct predictions to NumPy (copies and counts: the same values), and the other leaves
+(``all_finite``, which the input checks have compiled already, ``sq_sum`` and the element loops,
+which only L2, clipping, gradient tracking and sample weights call) left as the compiled
+functions they are. So every floating-point operation is
 done by the same compiled code, in the same order, as in the compiled driver, and the results are
 the same bit for bit (tests/test_interp.py); only the slicing and the calls cost more (tens of
 microseconds a batch, against the seconds the compile takes). ``fastbp._training`` runs a cold
@@ -19,7 +23,10 @@ cannot be: its caller holds Ctrl-C back until the call returns (``_training``).
 
 from types import FunctionType
 
-from . import network, table
+import numpy as np
+
+from .._blas import gemm_from_python
+from . import losses, network, table
 
 # the drivers run interpreted (everything of network.py that calls a kernel by address or another
 # driver); every other function they call stays compiled
@@ -37,10 +44,38 @@ def _caller(family):
     return call
 
 
+def _gather_rows(Xb, Tb, Lb, Wb, X, T, labels, sw, rows, use_labels, weighted):
+    # network.gather_rows by NumPy: copies, so the same values (and no compile before the first batch)
+    n = rows.shape[0]
+    np.take(X, rows, axis=0, out=Xb[:n])
+    if use_labels:
+        np.take(labels, rows, out=Lb[:n])
+    else:
+        np.take(T, rows, axis=0, out=Tb[:n])
+    if weighted:
+        np.take(sw, rows, out=Wb[:n])
+
+
+def _correct_count(code, P, T, labels, use_labels):
+    # losses.correct_count by NumPy: the same counts (argmax takes the first of equal maxima, as
+    # its loop; P is finite, since only an accepted step counts)
+    if code == losses.SOFTMAX_CE:
+        truth = labels if use_labels else T.argmax(axis=1)
+        return float(np.count_nonzero(P.argmax(axis=1) == truth))
+    if code == losses.SIGMOID_BCE:
+        return np.count_nonzero((P > 0.5) == (T > 0.5)) / P.shape[1]
+    return 0.0
+
+
+def _copy_rows(out, s, P):
+    out[s:s + P.shape[0]] = P
+
+
 def _interpreted():
     ns = dict(vars(network))
     for family in table.FAMILIES:
         ns[f"call_{family}"] = _caller(family)
+    ns.update(gather_rows=_gather_rows, correct_count=_correct_count, copy_rows=_copy_rows, gemm=gemm_from_python)
     for name in DRIVERS:
         f = getattr(network, name).py_func
         ns[name] = FunctionType(f.__code__, ns, name, f.__defaults__, f.__closure__)
