@@ -15,7 +15,9 @@ from the cache, as soon as it is there. Each compile holds the cross-process fil
 and loads its result from the cache: nothing is compiled twice.
 
 The helper is only started when the cache is usable (a compile can be shared), the driver is
-not cached yet, and not under MPI (ranks share their compiles through the lock already).
+not cached yet or at least MIN_KERNELS of the network's kernels are not (a network that differs
+from what this machine compiled in its norm, say: the two processes then share the kernels), and
+not under MPI (ranks share their compiles through the lock already).
 ``FASTBP_COMPILE_HELPER=0`` turns it off (the driver then compiles here, before the first
 batch). It inherits the environment (``NUMBA_CACHE_DIR`` included). A process that exits while
 its helper is still compiling waits for it, since that compile is what the next process would
@@ -37,6 +39,7 @@ _HELPERS = []
 _OWNER = [None]   # the process whose helpers _HELPERS lists
 _PENDING = {}     # name of a driver in kernels.network -> [(a helper compiling it, the signature)]
 CHECK_SECONDS = 0.2
+MIN_KERNELS = 3    # with the epoch driver cached, a helper only for this many missing kernels or more
 
 
 def is_cached(disp, sig):
@@ -62,12 +65,13 @@ def _usable(disp, sig):
 
 
 def start_helper(driver, driver_sig, kernels, dtype, later=()):
-    """If ``driver`` (a dispatcher of kernels.network) is not cached for ``driver_sig``, start a
-    helper compiling the ``kernels`` ((family, code) pairs of kernels.table) for ``dtype`` that are
-    not cached (the last first), then ``driver`` and the ``later`` drivers ((name in
-    kernels.network, signature) pairs) that are not cached either; returns the process (the one
-    already compiling ``driver`` for ``driver_sig``, if this process has one), or None when there is
-    no helper to start. ``waiting`` and ``interpreting`` tell when its drivers are there."""
+    """If ``driver`` (a dispatcher of kernels.network) is not cached for ``driver_sig``, or at least
+    MIN_KERNELS of the ``kernels`` ((family, code) pairs of kernels.table) for ``dtype`` are not,
+    start a helper compiling those kernels that are not cached (the last first), then ``driver``
+    and the ``later`` drivers ((name in kernels.network, signature) pairs) that are not cached
+    either; returns the process (the one already compiling ``driver`` for ``driver_sig``, if this
+    process has one), or None when there is no helper to start. ``waiting`` and ``interpreting``
+    tell when its drivers are there."""
     from .kernels import table
     import numpy as np
     dtype = np.dtype(dtype)
@@ -76,11 +80,13 @@ def start_helper(driver, driver_sig, kernels, dtype, later=()):
     for proc, sig in _compiling(name):
         if sig == driver_sig:
             return proc
-    if is_cached(driver, driver_sig) or not _usable(driver, driver_sig):
+    if not _usable(driver, driver_sig):
         return None
     todo = [k for k in kernels if not is_cached(table.KERNELS[k], table.signature(k[0], dtype).args)][::-1]
     from .kernels import network as K
-    drivers = [(name, driver_sig)]
+    drivers = [] if is_cached(driver, driver_sig) else [(name, driver_sig)]
+    if not drivers and len(todo) < MIN_KERNELS:     # (a helper takes ~0.5 s to start: not worth it for one or two)
+        return None
     drivers += [(n, tuple(sig)) for n, sig in later if not is_cached(getattr(K, n), sig)]
     payload = base64.b64encode(pickle.dumps((dtype.name, todo, drivers))).decode()
     env = dict(os.environ)
