@@ -16,7 +16,7 @@ and loads its result from the cache: nothing is compiled twice.
 
 The helper is only started when the cache is usable (a compile can be shared), the driver is
 not cached yet or at least MIN_KERNELS of the network's kernels are not (a network that differs
-from what this machine compiled in its norm, say: the two processes then share the kernels), and
+from what this machine compiled in several choices: the two processes then share the kernels), and
 not under MPI (ranks share their compiles through the lock already).
 ``FASTBP_COMPILE_HELPER=0`` turns it off (the driver then compiles here, before the first
 batch). It inherits the environment (``NUMBA_CACHE_DIR`` included). A process that exits while
@@ -39,7 +39,11 @@ _HELPERS = []
 _OWNER = [None]   # the process whose helpers _HELPERS lists
 _PENDING = {}     # name of a driver in kernels.network -> [(a helper compiling it, the signature)]
 CHECK_SECONDS = 0.2
-MIN_KERNELS = 3    # with the epoch driver cached, a helper only for this many missing kernels or more
+# With the epoch driver cached, a helper only for this many missing kernels or more: it takes
+# ~0.5 s to start, and for the three of batch norm or of a loss pair (0.2-1 s) it gained nothing
+# beyond the spread on the 2-core Zen 3; for the eight of elu + bce + adamw + dropout it took the
+# first batch from 2.56-2.68 to 2.20-2.40 s.
+MIN_KERNELS = 5
 
 
 def is_cached(disp, sig):
@@ -85,7 +89,7 @@ def start_helper(driver, driver_sig, kernels, dtype, later=()):
     todo = [k for k in kernels if not is_cached(table.KERNELS[k], table.signature(k[0], dtype).args)][::-1]
     from .kernels import network as K
     drivers = [] if is_cached(driver, driver_sig) else [(name, driver_sig)]
-    if not drivers and len(todo) < MIN_KERNELS:     # (a helper takes ~0.5 s to start: not worth it for one or two)
+    if not drivers and len(todo) < MIN_KERNELS:
         return None
     drivers += [(n, tuple(sig)) for n, sig in later if not is_cached(getattr(K, n), sig)]
     payload = base64.b64encode(pickle.dumps((dtype.name, todo, drivers))).decode()

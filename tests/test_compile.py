@@ -21,13 +21,13 @@ from fastbp.kernels import network as K
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(fb.__file__)))
 
 
-def _train(epochs=None, norm=None):
+def _train(epochs=None, **net_kw):
     # epochs=None: until an epoch ran with the compiled driver (a cold process: its helper then
     # compiled it meanwhile), a short pause after each so that the epochs stay few. Returns the
     # network, its predictions after the first epoch and at the end, and the epochs trained
     rng = np.random.default_rng(0)
     X = rng.standard_normal((64, 5)).astype(np.float32); y = rng.integers(0, 3, 64)
-    net = fb.Network([5, 7, 3], activation="tanh", seed=0, norm=norm)
+    net = fb.Network([5, 7, 3], **dict(dict(activation="tanh", seed=0), **net_kw))
     first = []
     t0 = time.monotonic()
 
@@ -57,7 +57,7 @@ for name in ("train_epoch", "loss_all"):
         calls.append(_name)
         return _f(*args)
     setattr(interp, name, counted)
-net, P0, P, epochs = _train(norm=sys.argv[1] or None)
+net, P0, P, epochs = _train(**json.loads(sys.argv[1]))
 misses = lambda d: sum(d._cache_misses.values())
 print(json.dumps({"compiled here": sorted(d.py_func.__name__ for d in {*T.KERNELS.values(), K.train_epoch, K.loss_all}
                                           if misses(d)),
@@ -68,12 +68,12 @@ print(json.dumps({"compiled here": sorted(d.py_func.__name__ for d in {*T.KERNEL
 """
 
 
-def _run(cache, helper, norm=""):
+def _run(cache, helper, **net_kw):
     env = dict(os.environ, NUMBA_CACHE_DIR=str(cache), FASTBP_COMPILE_HELPER="1" if helper else "0")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
     for v in _compile._MPI_ENV:
         env.pop(v, None)
-    out = subprocess.run([sys.executable, "-c", CHILD, norm], env=env, capture_output=True, text=True, timeout=600)
+    out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(net_kw)], env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -105,10 +105,13 @@ def test_a_cold_fit_trains_interpreted_while_a_helper_compiles_and_trains_the_sa
     # or interpreted
     warm = _run(tmp_path, True)
     assert warm["helpers"] == [] and warm["compiled here"] == [] and warm["interpreted"] == []
-    # the drivers cached, three new kernels (batch norm's): a helper shares them, nothing runs interpreted
-    norm = _run(tmp_path, True, "batch")
-    assert len(norm["helpers"]) == 1 and not _alive(norm["helpers"][0]) and norm["interpreted"] == []
-    assert set(norm["compiled here"]) <= {"batchnorm_f", "batchnorm_b", "batchnorm_u"}
+    # the drivers cached, five new kernels (elu's and batch norm's): a helper shares them, nothing
+    # runs interpreted
+    new = _run(tmp_path, True, activation="elu", norm="batch")
+    assert len(new["helpers"]) == 1 and not _alive(new["helpers"][0]) and new["interpreted"] == []
+    assert set(new["compiled here"]) <= {"elu_f", "elu_b", "batchnorm_f", "batchnorm_b", "batchnorm_u"}
+    # two new kernels (relu's): no helper
+    assert _run(tmp_path, True, activation="relu")["helpers"] == []
 
 
 def test_no_helper_when_the_driver_is_cached_or_it_is_turned_off(monkeypatch):
