@@ -133,10 +133,17 @@ def test_more_busy_threads_than_cores_warns(tmp_path, capsys, monkeypatch):
     assert "2 jobs x 2 thread(s) = 4 busy threads on 2 cores" in capsys.readouterr().err
 
 
+def _default_sigint():
+    # a suite started in the background (`make test &`) ignores SIGINT, and a child inherits that
+    # (Python then installs no handler of its own): the sweep gets Ctrl-C as from a terminal
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _sweep_process(cfg, out, jobs=2):
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     return subprocess.Popen([sys.executable, "-m", "fastbp", "sweep", cfg, "--out", out, "--jobs", str(jobs)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=_default_sigint)
 
 
 def _workers(proc):
