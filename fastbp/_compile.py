@@ -6,9 +6,10 @@ Numba compiles one function at a time per process, and a cold fit needs the epoc
 ``start_helper`` starts ``python -m fastbp._compile`` to compile, into the cache, the kernels
 that are missing (last first), then ``train_epoch`` and the inference driver (``loss_all``,
 which evaluate, predict and a validation set use). Meanwhile this process fills the network's
-kernel table (compiling its kernels first first, so that the two processes meet in the middle)
-and trains: while the helper has not finished a driver (``interpreting``), ``_training`` and
-``Network`` run its interpreted twin (``kernels.interp``: the same source, calling the same
+kernel table (in order, while the helper goes from the last kernel: they meet in the middle, and
+each fills in last a kernel the other is compiling at that moment) and trains: while the helper
+has not finished a driver (``waiting``, ``interpreting``), ``_training`` and ``Network`` run its
+interpreted twin (``kernels.interp``: the same source, calling the same
 compiled kernels, so the same results bit for bit) and switch to the compiled driver, loaded
 from the cache, as soon as it is there. Each compile holds the cross-process file lock of
 ``_config.compile_locked``, so whichever process reaches a function second waits for the first
@@ -39,6 +40,7 @@ _HELPERS = []
 _OWNER = [None]   # the process whose helpers _HELPERS lists
 _PENDING = {}     # name of a driver in kernels.network -> [(a helper compiling it, the signature)]
 CHECK_SECONDS = 0.2
+EXIT_WAIT_SECONDS = 300   # the longest a process waits at exit for its helpers (a compile takes seconds)
 # With the epoch driver cached, a helper only for this many missing kernels or more: it takes
 # ~0.5 s to start, and for the three of batch norm or of a loss pair (0.2-1 s) it gained nothing
 # beyond the spread on the 2-core Zen 3; for the eight of elu + bce + adamw + dropout it took the
@@ -127,7 +129,7 @@ def waiting(driver, sig):
     process, or the helper is gone) it always does. It looks at the cache at most every
     CHECK_SECONDS (a lookup reads the cache's index)."""
     sig = tuple(sig)
-    procs = [p for p, _ in _compiling(driver.py_func.__name__)]
+    procs = [p for p, s in _compiling(driver.py_func.__name__) if s == sig]
     if not procs or sig in driver.overloads:
         return lambda: False
     state = {"done": False, "next": 0.0}
@@ -157,10 +159,11 @@ def interpreting(driver, args):
 
 
 def _wait_for_helpers():
+    end = time.monotonic() + EXIT_WAIT_SECONDS
     try:
         for proc in _HELPERS:
-            proc.wait()
-    except KeyboardInterrupt:
+            proc.wait(max(0.0, end - time.monotonic()))
+    except (KeyboardInterrupt, subprocess.TimeoutExpired):
         _stop_helpers()
     _HELPERS.clear()
     _PENDING.clear()

@@ -3,8 +3,10 @@
 ``Runner(net, opt, X, T, labels, use_labels, sw, batch_size)`` owns the per-fit scratch (the
 gathered batch Xb/Tb/Lb/Wb, per-batch stats, the control and gradient-health arrays, the
 order and permutation) and runs batches ``[b0, b1)`` of an epoch as one compiled call
-(``kernels.network.train_epoch``). ``Network.fit`` and the scikit-learn estimators train
-through it; it is the only caller of ``train_epoch`` outside the tests of the kernels.
+(``kernels.network.train_epoch``), or, while a cold fit's helper is still compiling that driver,
+as one call of its interpreted twin (``kernels.interp.train_epoch``: the same results; see
+``fastbp._compile``). ``Network.fit`` and the scikit-learn estimators train through it; it is the
+only caller of ``train_epoch`` outside the tests of the kernels.
 
 The protocol between ``Network`` and its users inside fastbp (this module, ``_io`` and the
 scikit-learn estimators). Beyond the public attributes (``params``, ``grads``,

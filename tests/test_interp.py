@@ -27,7 +27,9 @@ CASES = {
     "sample weights, unshuffled": dict(weights=True, fit=dict(shuffle=False)),
     "validation data, mse": dict(net=dict(output="identity", loss="mse", activation="elu"), dense=True, val=True),
     "sigmoid bce, weights": dict(net=dict(output="sigmoid", loss="binary_cross_entropy"), dense=True, weights=True),
+    "bf16, dropout, l2": dict(net=dict(precision="bf16", dropout=0.1), l2=1e-3),
 }
+BF16_OK, BF16_WHY = fb.bf16_support()
 
 
 def _fit(case, interpreted, monkeypatch):
@@ -54,7 +56,8 @@ def _fit(case, interpreted, monkeypatch):
     return out, calls
 
 
-@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.skipif(
+    "bf16" in n and not BF16_OK, reason=f"bf16 cannot run here: {BF16_WHY}")) for n in CASES])
 def test_interpreted_drivers_train_and_predict_bit_for_bit_as_compiled(name, monkeypatch):
     compiled, none = _fit(CASES[name], False, monkeypatch)
     interpreted, calls = _fit(CASES[name], True, monkeypatch)
