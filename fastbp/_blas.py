@@ -557,9 +557,14 @@ def gemm(trans_a, trans_b, alpha, A, B, beta, C):
 _GEMM_C = {}   # itemsize -> the fastbp_sgemm / fastbp_dgemm symbol as a ctypes function
 
 
-def gemm_from_python(trans_a, trans_b, alpha, A, B, beta, C):
+def _data_address(a):
+    return a.ctypes.data
+
+
+def gemm_from_python(trans_a, trans_b, alpha, A, B, beta, C, address=_data_address):
     """``gemm`` called from Python with nothing to compile (kernels/interp.py): the same call, with
-    the same arguments, of the function behind the same symbol, through ctypes."""
+    the same arguments, of the function behind the same symbol, through ctypes (``address(X)``:
+    X's data pointer; the caller may keep them)."""
     m, n = C.shape
     k = A.shape[0] if trans_a else A.shape[1]
     if m == 0 or n == 0:
@@ -570,8 +575,8 @@ def gemm_from_python(trans_a, trans_b, alpha, A, B, beta, C):
         i32, i64, p = ctypes.c_int32, ctypes.c_int64, ctypes.c_void_p
         f = _GEMM_C[C.itemsize] = ctypes.CFUNCTYPE(None, i32, i32, i32, i64, i64, i64, ft, p, i64, p, i64, ft, p, i64)(
             llvm.address_of_symbol("fastbp_sgemm" if C.itemsize == 4 else "fastbp_dgemm"))
-    f(ROW_MAJOR, TRANS if trans_a else NO_TRANS, TRANS if trans_b else NO_TRANS, m, n, k, alpha, A.ctypes.data,
-      max(1, A.shape[1]), B.ctypes.data, max(1, B.shape[1]), beta, C.ctypes.data, max(1, n))
+    f(ROW_MAJOR, TRANS if trans_a else NO_TRANS, TRANS if trans_b else NO_TRANS, m, n, k, alpha, address(A),
+      max(1, A.shape[1]), address(B), max(1, B.shape[1]), beta, address(C), max(1, n))
 
 
 @njit(**JIT)

@@ -20,13 +20,13 @@ not cached yet or at least MIN_KERNELS of the network's kernels are not (a netwo
 from what this machine compiled in several choices: the two processes then share the kernels), and
 not under MPI (ranks share their compiles through the lock already).
 ``FASTBP_COMPILE_HELPER=0`` turns it off (the driver then compiles here, before the first
-batch). It inherits the environment (``NUMBA_CACHE_DIR`` included). A process that exits while
-its helper is still compiling waits for it, since that compile is what the next process would
-otherwise pay again (Ctrl-C stops the wait and the helper); a process that ends without running
-its exit handlers, as a forked multiprocessing worker does, leaves it to finish by itself.
+batch). It inherits the environment (``NUMBA_CACHE_DIR`` included). A process that ends while
+its helper is still compiling leaves it to finish on its own (one core, a few seconds), since
+that compile is what the next process would otherwise pay again; a Ctrl-C in the terminal
+reaches both (one process group). ``wait_for_helpers`` waits for them (the start-up benchmark
+does, so that a cold figure's compile does not overlap the next figure).
 """
 
-import atexit
 import base64
 import os
 import pickle
@@ -40,7 +40,6 @@ _HELPERS = []
 _OWNER = [None]   # the process whose helpers _HELPERS lists
 _PENDING = {}     # name of a driver in kernels.network -> [(a helper compiling it, the signature)]
 CHECK_SECONDS = 0.2
-EXIT_WAIT_SECONDS = 300   # the longest a process waits at exit for its helpers (a compile takes seconds)
 # With the epoch driver cached, a helper only for this many missing kernels or more: it takes
 # ~0.5 s to start, and for the three of batch norm or of a loss pair (0.2-1 s) it gained nothing
 # beyond the spread on the 2-core Zen 3; for the eight of elu + bce + adamw + dropout it took the
@@ -107,7 +106,6 @@ def start_helper(driver, driver_sig, kernels, dtype, later=()):
         _OWNER[0] = os.getpid()
         _HELPERS.clear()
         _PENDING.clear()
-        atexit.register(_wait_for_helpers)
     _HELPERS.append(proc)
     for n, sig in drivers:
         _PENDING.setdefault(n, []).append((proc, sig))
@@ -158,27 +156,18 @@ def interpreting(driver, args):
     return sig not in driver.overloads and not is_cached(driver, sig)
 
 
-def _wait_for_helpers():
-    end = time.monotonic() + EXIT_WAIT_SECONDS
+def wait_for_helpers(timeout=None):
+    """Wait until this process's helpers have finished (at most ``timeout`` seconds); returns
+    whether they have."""
+    if _OWNER[0] != os.getpid():
+        return True
+    end = None if timeout is None else time.monotonic() + timeout
     try:
         for proc in _HELPERS:
-            proc.wait(max(0.0, end - time.monotonic()))
-    except (KeyboardInterrupt, subprocess.TimeoutExpired):
-        _stop_helpers()
-    _HELPERS.clear()
-    _PENDING.clear()
-
-
-def _stop_helpers():
-    for proc in _HELPERS:
-        if proc.poll() is None:
-            proc.terminate()     # (Numba writes cache files atomically: a stopped compile leaves none)
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:   # pragma: no cover
-                proc.kill()
-    _HELPERS.clear()
-    _PENDING.clear()
+            proc.wait(None if end is None else max(0.0, end - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        return False
+    return True
 
 
 def main(argv=None):

@@ -3,7 +3,7 @@
 Real child processes on empty Numba caches: with the helper the first process compiles none of
 the drivers (the helper does, and some of the kernels), runs its batches and predictions through
 the interpreted drivers (kernels.interp), trains bit for bit as the test process does (from its
-own cache), waits for the helper when it exits and leaves no process behind.
+own cache), and leaves the helper to finish its compile by itself when it exits.
 """
 
 import json
@@ -78,6 +78,15 @@ def _run(cache, helper, **net_kw):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _gone(pid, timeout=120):
+    # the helper a child left behind finishes its compile on its own
+    t0 = time.monotonic()
+    while _alive(pid):
+        assert time.monotonic() - t0 < timeout, "the helper is still running"
+        time.sleep(0.05)
+    return True
+
+
 def _alive(pid):
     try:
         os.kill(pid, 0)
@@ -93,22 +102,21 @@ def test_a_cold_fit_trains_interpreted_while_a_helper_compiles_and_trains_the_sa
     cold = _run(tmp_path, True)
     # the helper compiled the drivers (this process at most some of the kernels); the first epochs
     # and the prediction after the first ran interpreted meanwhile, then the fit went on with the
-    # compiled driver, loaded from the cache; the helper is gone (its process waited for it at exit)
+    # compiled driver, loaded from the cache; the helper, left behind, finishes by itself
     assert "train_epoch" not in cold["compiled here"] and "loss_all" not in cold["compiled here"]
     assert cold["interpreted"] == ["loss_all", "train_epoch"] and cold["compiled"]
     assert cold["interpreted calls"] >= 1 and cold["epochs"] > 1
-    assert len(cold["helpers"]) == 1 and not _alive(cold["helpers"][0])
+    assert len(cold["helpers"]) == 1 and _gone(cold["helpers"][0])
     # bit for bit as this process trains, from the cache the suite's warmup filled (or its own compile)
     net, P0, P, _ = _train(cold["epochs"])
     assert cold["params"] == net.params.tolist() and cold["P0"] == P0.tolist() and cold["P"] == P.tolist()
-    # a warm cache (the helper finished before its process exited): no helper, nothing compiled
-    # or interpreted
+    # a warm cache (what the helper compiled): no helper, nothing compiled or interpreted
     warm = _run(tmp_path, True)
     assert warm["helpers"] == [] and warm["compiled here"] == [] and warm["interpreted"] == []
     # the drivers cached, five new kernels (elu's and batch norm's): a helper shares them, nothing
     # runs interpreted
     new = _run(tmp_path, True, activation="elu", norm="batch")
-    assert len(new["helpers"]) == 1 and not _alive(new["helpers"][0]) and new["interpreted"] == []
+    assert len(new["helpers"]) == 1 and _gone(new["helpers"][0]) and new["interpreted"] == []
     assert set(new["compiled here"]) <= {"elu_f", "elu_b", "batchnorm_f", "batchnorm_b", "batchnorm_u"}
     # two new kernels (relu's): no helper
     assert _run(tmp_path, True, activation="relu")["helpers"] == []

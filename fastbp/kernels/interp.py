@@ -71,17 +71,72 @@ def _copy_rows(out, s, P):
     out[s:s + P.shape[0]] = P
 
 
+# The views the drivers slice (view2, vec, layer_params) are the same arrays at every batch of a
+# call: kept here for the call's length, with their data pointers for the products (a dict lookup
+# instead of a slice and a reshape, or of numpy's ctypes attribute: the largest costs of an
+# interpreted batch after the calls themselves)
+_VIEWS = {}
+
+
+def _view2(buf, off, n, k):
+    key = ("view2", id(buf), off, n, k)
+    hit = _VIEWS.get(key)
+    if hit is None or hit[0] is not buf:
+        hit = _VIEWS[key] = (buf, buf[off:off + n * k].reshape((n, k)))
+    return hit[1]
+
+
+def _vec(buf, off, k):
+    key = ("vec", id(buf), off, k)
+    hit = _VIEWS.get(key)
+    if hit is None or hit[0] is not buf:
+        hit = _VIEWS[key] = (buf, buf[off:off + k])
+    return hit[1]
+
+
+def _layer_params(params, layout, l):
+    key = ("layer", id(params), id(layout), l)
+    hit = _VIEWS.get(key)
+    if hit is None or hit[0] is not params:
+        hit = _VIEWS[key] = (params, _NS["_layer_params_sliced"](params, layout, l))
+    return hit[1]
+
+
+def _address(a):
+    key = ("address", id(a))
+    hit = _VIEWS.get(key)
+    if hit is None or hit[0] is not a:
+        hit = _VIEWS[key] = (a, a.ctypes.data)
+    return hit[1]
+
+
+def _gemm(trans_a, trans_b, alpha, A, B, beta, C):
+    gemm_from_python(trans_a, trans_b, alpha, A, B, beta, C, _address)
+
+
+def _for_one_call(f):
+    def call(*args):
+        try:
+            return f(*args)
+        finally:
+            _VIEWS.clear()      # (they hold the buffers: not beyond the call)
+    call.__name__ = f.__name__
+    call.__doc__ = f.__doc__
+    return call
+
+
 def _interpreted():
     ns = dict(vars(network))
     for family in table.FAMILIES:
         ns[f"call_{family}"] = _caller(family)
-    ns.update(gather_rows=_gather_rows, correct_count=_correct_count, copy_rows=_copy_rows, gemm=gemm_from_python)
+    ns.update(gather_rows=_gather_rows, correct_count=_correct_count, copy_rows=_copy_rows, gemm=_gemm)
     for name in DRIVERS:
         f = getattr(network, name).py_func
         ns[name] = FunctionType(f.__code__, ns, name, f.__defaults__, f.__closure__)
+    ns.update(_layer_params_sliced=ns["layer_params"], view2=_view2, vec=_vec, layer_params=_layer_params)
     return ns
 
 
 _NS = _interpreted()
-train_epoch = _NS["train_epoch"]
-loss_all = _NS["loss_all"]
+train_epoch = _for_one_call(_NS["train_epoch"])
+loss_all = _for_one_call(_NS["loss_all"])
