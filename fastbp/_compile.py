@@ -6,8 +6,9 @@ Numba compiles one function at a time per process, and a cold fit needs the epoc
 ``start_helper`` starts ``python -m fastbp._compile`` to compile, into the cache, the kernels
 that are missing (last first), then ``train_epoch`` and the inference driver (``loss_all``,
 which evaluate, predict and a validation set use). Meanwhile this process fills the network's
-kernel table (in order, while the helper goes from the last kernel: they meet in the middle, and
-each fills in last a kernel the other is compiling at that moment) and trains: while the helper
+kernel table (in order, while the helper goes from the last kernel: they meet in the middle; this
+process fills in last a kernel the helper is compiling at that moment, and the helper skips one
+this process is compiling, which it does not need itself) and trains: while the helper
 has not finished a driver (``waiting``, ``interpreting``), ``_training`` and ``Network`` run its
 interpreted twin (``kernels.interp``: the same source, calling the same
 compiled kernels, so the same results bit for bit) and switch to the compiled driver, loaded
@@ -22,8 +23,8 @@ not under MPI (ranks share their compiles through the lock already).
 ``FASTBP_COMPILE_HELPER=0`` turns it off (the driver then compiles here, before the first
 batch). It inherits the environment (``NUMBA_CACHE_DIR`` included). A process that ends while
 its helper is still compiling leaves it to finish on its own (one core, a few seconds), since
-that compile is what the next process would otherwise pay again; a Ctrl-C in the terminal
-reaches both (one process group). ``wait_for_helpers`` waits for them (the start-up benchmark
+that compile is what the next process would otherwise pay again; the helper runs in a session
+of its own, so a Ctrl-C in the terminal ends the fit but not the compile. ``wait_for_helpers`` waits for them (the start-up benchmark
 does, so that a cold figure's compile does not overlap the next figure).
 """
 
@@ -98,8 +99,10 @@ def start_helper(driver, driver_sig, kernels, dtype, later=()):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)   # this very fastbp
     try:
+        # (a session of its own: a Ctrl-C in the terminal, which ends the fit, leaves the compile to finish)
         proc = subprocess.Popen([sys.executable, "-m", "fastbp._compile", payload], env=env,
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
     except OSError:
         return None
     if _OWNER[0] != os.getpid():       # first helper of this process (or of a fork of one that had some)
@@ -174,10 +177,12 @@ def main(argv=None):
     """The helper: compile the kernels, then the drivers, named in the payload."""
     argv = sys.argv[1:] if argv is None else argv
     dtype, kernels, drivers = pickle.loads(base64.b64decode(argv[0]))
-    from .kernels import network as K
-    from .kernels.table import address
-    for family, code in kernels:
-        address(family, code, dtype)
+    from ._config import busy
+    from .kernels import network as K, table
+    for family, code in kernels:     # (the fit's own process needs them, not this one: skip what it compiles)
+        disp, sig = table.KERNELS[family, code], table.signature(family, dtype).args
+        if not is_cached(disp, sig) and not busy(disp, sig):
+            table.address(family, code, dtype)
     for name, sig in drivers:
         getattr(K, name).compile(sig)
     return 0

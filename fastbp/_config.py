@@ -140,7 +140,8 @@ def _locking_compile(self, sig):
 
 
 def busy(disp, sig):
-    """Whether another process is compiling ``disp`` for ``sig`` now (it holds the lock below)."""
+    """Whether someone else (another process, or another thread here) is compiling ``disp`` for
+    ``sig`` now: the lock below is held."""
     path = _lock_path(disp, sig)
     if path is None or not os.path.exists(path):
         return False

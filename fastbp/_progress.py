@@ -74,7 +74,9 @@ class HeldInterrupts:
 
     def __enter__(self):
         self._held, self._old = 0, None
-        if threading.current_thread() is threading.main_thread():
+        # (a handler installed from outside Python reads as None and could not be put back: then
+        # nothing is held)
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is not None:
             try:
                 self._old = signal.signal(signal.SIGINT, self._handler)
             except (ValueError, OSError):

@@ -34,12 +34,13 @@ from .schedules import check_rates
 FORMAT, FORMAT_VERSION = _io.FORMAT, _io.FORMAT_VERSION
 PREDICT_BATCH = 1024
 
+MAX_WORKSPACES = 4    # cached workspaces (one per batch size), least recently used dropped first
+
 
 def _inference(args):
     # the inference driver for these arguments: interpreted while a cold fit's helper compiles it
     # (fastbp._compile; the same results), else compiled
     return interp.loss_all if _compile.interpreting(K.loss_all, args) else K.loss_all
-MAX_WORKSPACES = 4    # cached workspaces (one per batch size), least recently used dropped first
 
 
 class Network:

@@ -118,6 +118,7 @@ def test_a_cold_fit_trains_interpreted_while_a_helper_compiles_and_trains_the_sa
     new = _run(tmp_path, True, activation="elu", norm="batch")
     assert len(new["helpers"]) == 1 and _gone(new["helpers"][0]) and new["interpreted"] == []
     assert set(new["compiled here"]) <= {"elu_f", "elu_b", "batchnorm_f", "batchnorm_b", "batchnorm_u"}
+    assert new["compiled here"], "this process compiles its share (the first ones) itself"
     # two new kernels (relu's): no helper
     assert _run(tmp_path, True, activation="relu")["helpers"] == []
 

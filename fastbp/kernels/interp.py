@@ -9,16 +9,21 @@ the other drivers to their interpreted twins, ``call_<family>`` to the compiled 
 address in the table (``table.entry``), ``gemm`` to the same BLAS call made through ctypes
 (``_blas.gemm_from_python``), the shuffled batch's gather, the prediction's row copy and the
 count of correct predictions to NumPy (copies and counts: the same values), and the other leaves
-(``all_finite``, which the input checks have compiled already, ``sq_sum`` and the element loops,
-which only L2, clipping, gradient tracking and sample weights call) left as the compiled
-functions they are. So every floating-point operation is
-done by the same compiled code, in the same order, as in the compiled driver, and the results are
-the same bit for bit (tests/test_interp.py); only the slicing and the calls cost more (tens of
-microseconds a batch, against the seconds the compile takes). ``fastbp._training`` runs a cold
+left as the compiled functions they are: ``all_finite``, which the input checks have compiled
+already; ``transpose``, for layers whose dX goes through a copy of W^T (``_blas.dx_via_transpose``);
+``sq_sum``, ``diff_sq_sum`` and the element loops, which only L2, clipping, gradient tracking and
+sample weights call. So every floating-point operation is done by the same compiled code, in
+the same order, as in the compiled driver, and the results are the same bit for bit
+(tests/test_interp.py). One caveat: ``sq_sum`` and ``diff_sq_sum`` let LLVM reassociate their
+sums, and the compiled driver has them inlined where here they run on their own; the same loop
+vectorises the same way in both (the L2 / clipping / tracking case of the tests checks it), but
+no rule guarantees that. Only the slicing and the calls cost more (about 0.1 ms a batch, against
+the seconds the compile takes). ``fastbp._training`` runs a cold
 fit's batches here while a helper process compiles the drivers (``fastbp._compile``).
 
-A batch interpreted here can be interrupted between two kernels, which the compiled driver
-cannot be: its caller holds Ctrl-C back until the call returns (``_training``).
+A batch interpreted here could be interrupted between two kernels, which the compiled driver
+cannot be: the runner holds Ctrl-C back until an interpreted ``train_epoch`` returns
+(``_training``). The interpreted ``loss_all`` changes no state, so it needs no such guard.
 """
 
 from types import FunctionType
