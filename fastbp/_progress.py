@@ -33,21 +33,16 @@ class closing_on_error:
         return False
 
 
-class InterruptFlag:
-    """Within ``with``: the first Ctrl-C sets ``flag`` (fit stops after the running batches);
-    a second one interrupts at once. Only in the main thread (signals go there)."""
+class _OwnSigint:
+    """Within ``with``: SIGINT goes to ``self._handler`` and, after, back to the handler before.
+    Only in the main thread (signals go there), and only where that handler is Python's (one
+    installed from outside Python reads as None and could not be put back)."""
 
-    def __init__(self):
-        self.flag = False
-        self._old = None
-
-    def _handler(self, signum, frame):
-        if self.flag:
-            raise KeyboardInterrupt
-        self.flag = True
+    _old = None
 
     def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
+        self._old = None
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is not None:
             try:
                 self._old = signal.signal(signal.SIGINT, self._handler)
             except (ValueError, OSError):
@@ -60,34 +55,39 @@ class InterruptFlag:
         return False
 
 
-class HeldInterrupts:
+class InterruptFlag(_OwnSigint):
+    """Within ``with``: the first Ctrl-C sets ``flag`` (fit stops after the running batches);
+    a second one interrupts at once."""
+
+    def __init__(self):
+        self.flag = False
+
+    def _handler(self, signum, frame):
+        if self.flag:
+            raise KeyboardInterrupt
+        self.flag = True
+
+
+class HeldInterrupts(_OwnSigint):
     """Within ``with``: Ctrl-C is held back and delivered when the block ends (to the handler there
     was before, InterruptFlag's included), so that Python code that must not stop halfway (an
-    interpreted batch) is as uninterruptible as a compiled call. Only in the main thread."""
+    interpreted batch) is as uninterruptible as a compiled call."""
 
     def __init__(self):
         self._held = 0
-        self._old = None
 
     def _handler(self, signum, frame):
         self._held += 1
 
     def __enter__(self):
-        self._held, self._old = 0, None
-        # (a handler installed from outside Python reads as None and could not be put back: then
-        # nothing is held)
-        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is not None:
-            try:
-                self._old = signal.signal(signal.SIGINT, self._handler)
-            except (ValueError, OSError):
-                self._old = None
-        return self
+        self._held = 0
+        return super().__enter__()
 
     def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
-            for _ in range(self._held):
-                signal.raise_signal(signal.SIGINT)
+        restored = self._old is not None
+        super().__exit__(*exc)
+        for _ in range(self._held if restored else 0):
+            signal.raise_signal(signal.SIGINT)
         return False
 
 
