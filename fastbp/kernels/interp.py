@@ -83,36 +83,33 @@ def _copy_rows(out, s, P):
 _VIEWS = {}
 
 
-def _view2(buf, off, n, k):
-    key = ("view2", id(buf), off, n, k)
+def _kept(key, buf, make, *args):
+    # make(*args), a view of (or the data pointer of) buf: the same object again for the same key
+    # within a call (the entry holds buf, so its id cannot be reused meanwhile)
     hit = _VIEWS.get(key)
     if hit is None or hit[0] is not buf:
-        hit = _VIEWS[key] = (buf, buf[off:off + n * k].reshape((n, k)))
+        hit = _VIEWS[key] = (buf, make(*args))
     return hit[1]
+
+
+def _view2(buf, off, n, k):
+    return _kept(("view2", id(buf), off, n, k), buf, _SLICED["view2"], buf, off, n, k)
 
 
 def _vec(buf, off, k):
-    key = ("vec", id(buf), off, k)
-    hit = _VIEWS.get(key)
-    if hit is None or hit[0] is not buf:
-        hit = _VIEWS[key] = (buf, buf[off:off + k])
-    return hit[1]
+    return _kept(("vec", id(buf), off, k), buf, _SLICED["vec"], buf, off, k)
 
 
 def _layer_params(params, layout, l):
-    key = ("layer", id(params), id(layout), l)
-    hit = _VIEWS.get(key)
-    if hit is None or hit[0] is not params:
-        hit = _VIEWS[key] = (params, _NS["_layer_params_sliced"](params, layout, l))
-    return hit[1]
+    return _kept(("layer", id(params), id(layout), l), params, _SLICED["layer_params"], params, layout, l)
+
+
+def _data_address(a):
+    return a.ctypes.data
 
 
 def _address(a):
-    key = ("address", id(a))
-    hit = _VIEWS.get(key)
-    if hit is None or hit[0] is not a:
-        hit = _VIEWS[key] = (a, a.ctypes.data)
-    return hit[1]
+    return _kept(("address", id(a)), a, _data_address, a)
 
 
 def _gemm(trans_a, trans_b, alpha, A, B, beta, C):
@@ -138,10 +135,13 @@ def _interpreted():
     for name in DRIVERS:
         f = getattr(network, name).py_func
         ns[name] = FunctionType(f.__code__, ns, name, f.__defaults__, f.__closure__)
-    ns.update(_layer_params_sliced=ns["layer_params"], view2=_view2, vec=_vec, layer_params=_layer_params)
+    for name in _SLICED:      # (the slicing twins make what the kept views hand out)
+        _SLICED[name] = ns[name]
+    ns.update(view2=_view2, vec=_vec, layer_params=_layer_params)
     return ns
 
 
+_SLICED = dict.fromkeys(("view2", "vec", "layer_params"))
 _NS = _interpreted()
 train_epoch = _for_one_call(_NS["train_epoch"])
 loss_all = _for_one_call(_NS["loss_all"])
