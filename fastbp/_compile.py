@@ -28,6 +28,7 @@ of its own, so a Ctrl-C in the terminal ends the fit but not the compile. ``wait
 does, so that a cold figure's compile does not overlap the next figure).
 """
 
+import atexit
 import base64
 import os
 import pickle
@@ -109,6 +110,7 @@ def start_helper(driver, driver_sig, kernels, dtype, later=()):
         _OWNER[0] = os.getpid()
         _HELPERS.clear()
         _PENDING.clear()
+        atexit.register(_leave_helpers)
     _HELPERS.append(proc)
     for n, sig in drivers:
         _PENDING.setdefault(n, []).append((proc, sig))
@@ -157,6 +159,15 @@ def interpreting(driver, args):
     from numba import typeof
     sig = tuple(typeof(a) for a in args)
     return sig not in driver.overloads and not is_cached(driver, sig)
+
+
+def _leave_helpers():
+    # at exit, helpers still compiling go on by themselves (on purpose): mark them so that Popen does
+    # not take them for a leak when it is collected ("ResourceWarning: subprocess ... is still running")
+    if _OWNER[0] == os.getpid():
+        for proc in _HELPERS:
+            if proc.poll() is None:
+                proc.returncode = 0
 
 
 def wait_for_helpers(timeout=None):

@@ -73,8 +73,10 @@ def _run(cache, helper, **net_kw):
     env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
     for v in _compile._MPI_ENV:
         env.pop(v, None)
-    out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(net_kw)], env=env, capture_output=True, text=True, timeout=600)
+    out = subprocess.run([sys.executable, "-W", "default::ResourceWarning", "-c", CHILD, json.dumps(net_kw)], env=env,
+                         capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
+    assert "ResourceWarning" not in out.stderr, out.stderr[-3000:]   # (a helper left to finish is no leak)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
