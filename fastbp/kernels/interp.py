@@ -30,7 +30,7 @@ from types import FunctionType
 
 import numpy as np
 
-from .._blas import gemm_from_python
+from .._blas import _data_address, gemm_from_python
 from . import losses, network, table
 
 # the drivers run interpreted (everything of network.py that calls a kernel by address or another
@@ -102,10 +102,6 @@ def _vec(buf, off, k):
 
 def _layer_params(params, layout, l):
     return _kept(("layer", id(params), id(layout), l), params, _SLICED["layer_params"], params, layout, l)
-
-
-def _data_address(a):
-    return a.ctypes.data
 
 
 def _address(a):
