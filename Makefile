@@ -9,10 +9,12 @@ demo: $(VENV)/.installed
 	$(BIN)/python examples/demo.py
 
 # warmup compiles the drivers and every kernel for both dtypes first, one process per core, into
-# Numba's cache (a no-op when they are cached already)
+# Numba's cache (a no-op when they are cached already); pytest-xdist then runs the tests in one
+# worker process per core (at most TEST_JOBS; `make test TEST_JOBS=0` runs them in this process)
+TEST_JOBS ?= 4
 test: $(VENV)/.installed-test
 	$(BIN)/python -m fastbp.warmup --preset suite --quiet
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(if $(filter 0,$(TEST_JOBS)),,-n auto --maxprocesses=$(TEST_JOBS))
 
 warmup: $(VENV)/.installed
 	$(BIN)/python -m fastbp.warmup --preset all
