@@ -33,6 +33,9 @@ JIT = dict(nogil=True, cache=True, error_model="numpy", fastmath=False, boundsch
 # it 20-40 % slower: Numba's inliner deep-copies the callee's IR at every call site, and
 # each copy is typed and optimised again.
 INLINE = dict(JIT, inline="always")
+# Functions that only compiled code calls (the kernels' helpers): no CPython wrapper either, the
+# ~27 ms of each compile that lets Python call a function (softmax_xent_f calls six of them)
+HELPER = dict(JIT, no_cpython_wrapper=True)
 
 # Options of functions written as ``numba.extending.overload``: they compile inside their
 # caller, which is the cached function.

@@ -150,3 +150,15 @@ def test_the_twins_of_the_leaves_give_the_compiled_leaves_values(dtype):
     Ps = rng.uniform(size=(40, 4)).astype(dtype)
     assert interp._correct_count(losses.SIGMOID_BCE, Ps, Td, lab, False) == \
         K.correct_count(losses.SIGMOID_BCE, Ps, Td, lab, False)
+
+
+def test_every_compiled_function_the_drivers_name_can_be_called_from_python():
+    # interp runs the drivers' source from Python, so whatever compiled function they call must
+    # keep its CPython wrapper (a kernel helper compiled without one, _config.HELPER, would crash
+    # the interpreter when called from Python, not raise)
+    from numba.core.registry import CPUDispatcher
+    named = {n for f in vars(K).values() if isinstance(f, CPUDispatcher) and f.py_func.__module__ == K.__name__
+             for n in f.py_func.__code__.co_names}
+    called = {n: f for n, f in vars(K).items() if n in named and isinstance(f, CPUDispatcher)}
+    assert "_inv_total" in called and "sq_sum" in called
+    assert not [n for n, f in called.items() if f.targetoptions.get("no_cpython_wrapper")]

@@ -1,8 +1,12 @@
 """Helpers shared by the kernel families."""
 
 from numba import njit
+from numba.core import cgutils, types
+from numba.core.imputils import impl_ret_borrowed
+from numba.extending import intrinsic
+from numba.np.arrayobj import make_array, populate_array
 
-from .._config import INLINE, JIT
+from .._config import HELPER, INLINE, JIT
 
 # The threaded kernels (parallel=True; the optimizer updates and the bf16 copy of the parameters
 # of large networks) split their buffer into MT_CHUNKS contiguous chunks that Numba's threads
@@ -22,7 +26,7 @@ def chunk(n, c):
     return lo, min(n, lo + size)
 
 
-@njit(**JIT)
+@njit(**HELPER)
 def in_place(out, inp):
     """Copy inp into out unless they are the same buffer; return out's shape.
 
@@ -37,3 +41,23 @@ def in_place(out, inp):
             for j in range(k):
                 out[i, j] = inp[i, j]
     return n, k
+
+
+@intrinsic
+def flat_view(typingctx, arr):
+    """``arr.reshape(arr.size)`` of a C-contiguous array: the same 1-D view of every element,
+    built directly (Numba's reshape compiles a subroutine of its own: 0.24 s of softmax's compile)."""
+    if not isinstance(arr, types.Array) or arr.layout != "C":
+        return None
+    ret = arr.copy(ndim=1, layout="C")
+
+    def codegen(context, builder, sig, args):
+        src = make_array(arr)(context, builder, args[0])
+        dst = make_array(ret)(context, builder)
+        size = context.get_constant(types.intp, 1)
+        for extent in cgutils.unpack_tuple(builder, src.shape, arr.ndim):
+            size = builder.mul(size, extent)
+        populate_array(dst, data=src.data, shape=[size], strides=[src.itemsize], itemsize=src.itemsize,
+                       meminfo=src.meminfo, parent=src.parent)
+        return impl_ret_borrowed(context, builder, ret, dst._getvalue())
+    return ret(arr), codegen

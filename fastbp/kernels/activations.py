@@ -18,7 +18,7 @@ Python float would turn float32 arithmetic into float64 (relu's backward ran
 import numpy as np
 from numba import njit
 
-from .._config import INLINE, JIT
+from .._config import HELPER, INLINE, JIT
 from ._util import in_place
 from .mathfn import exp, gelu, gelu_grad, like, tanh
 
@@ -33,7 +33,7 @@ NEEDS_Z = (GELU,)          # backward reads the pre-activation
 RELU_LIKE = (RELU, LEAKY_RELU, ELU, GELU, SOFTPLUS)  # He initialisation
 
 
-@njit(**JIT)
+@njit(**HELPER)
 def _colsum_init(db):
     for j in range(db.shape[0]):
         db[j] = 0.0
@@ -132,7 +132,7 @@ def elu_backward(dZ, db, dA, A, alpha):
 
 
 # ---- sigmoid: A = 1 / (1 + exp(-Z)) --------------------------------------------
-@njit(**JIT)
+@njit(**HELPER)
 def _sigmoid(z):
     # stable for both signs: never exponentiates a large positive number
     e = exp(-abs(z))   # one branch-free expression, so the loop vectorises

@@ -27,7 +27,8 @@ import numpy as np
 from numba import njit
 from numba.extending import overload
 
-from .._config import INLINE, JIT, OVERLOAD_JIT
+from .._config import HELPER, INLINE, JIT, OVERLOAD_JIT
+from ._util import flat_view
 from .mathfn import exp
 
 SOFTMAX_CE, SIGMOID_BCE, IDENTITY_MSE, IDENTITY_HUBER, EXP_POISSON = range(5)
@@ -43,7 +44,7 @@ DEFAULT_LOSS = {"softmax": "cross_entropy", "sigmoid": "binary_cross_entropy", "
 HUBER_DELTA = 1.0
 
 
-@njit(**JIT)
+@njit(**JIT)   # (a CPython wrapper: the drivers call it, and interp.py runs them from Python)
 def _inv_total(sw, n):
     # 1 / (sum of row weights); n rows of weight 1 when sw is empty; 0 for an all-zero batch
     if sw.shape[0] == 0:
@@ -54,7 +55,7 @@ def _inv_total(sw, n):
     return 1.0 / total if total > 0.0 else 0.0
 
 
-@njit(**JIT)
+@njit(**HELPER)
 def _row_weight(sw, i):
     return sw[i] if sw.shape[0] != 0 else 1.0
 
@@ -70,7 +71,7 @@ def _exp_all_impl(P):
     if P.layout == "C":
         def flat(P):
             # one loop over every element: a softmax row (k = 10) is too short to vectorise alone
-            Pf = P.reshape(P.size)
+            Pf = flat_view(P)
             for t in range(Pf.shape[0]):
                 Pf[t] = exp(Pf[t])
         return flat
@@ -82,7 +83,7 @@ def _exp_all_impl(P):
     return rows
 
 
-@njit(**JIT)
+@njit(**HELPER)
 def _softmax_exp(P, Z, b):
     # Z (n, k) += b;  P = exp(Z - row max), not yet normalised
     n, k = Z.shape
@@ -97,7 +98,7 @@ def _softmax_exp(P, Z, b):
     _exp_all(P)
 
 
-@njit(**JIT)
+@njit(**HELPER)
 def _softmax_normalise(P, i):
     # P[i] /= sum(P[i]); returns the sum (float64)
     s = 0.0

@@ -14,7 +14,7 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic, overload
 
-from .._config import JIT
+from .._config import HELPER, JIT
 
 # Rational minimax approximation of tanh on [-c, c] (the coefficients of Eigen's
 # float32 tanh, generic_fast_tanh_float): tanh(x) ~ x P(x^2) / Q(x^2).
@@ -29,7 +29,7 @@ _B0, _B2 = _f(4.89352518554385e-03), _f(2.26843463243900e-03)
 _B4, _B6 = _f(1.18534705686654e-04), _f(1.19825839466702e-06)
 
 
-@njit(**dict(JIT, fastmath={"contract"}))   # FMAs: tanh_forward 32x64 0.85 -> 0.72 us
+@njit(**dict(HELPER, fastmath={"contract"}))   # FMAs: tanh_forward 32x64 0.85 -> 0.72 us
 def tanh_f32(x):
     # x float32 -> float32; NaN propagates (it fails both comparisons), +-inf clamp to +-1
     c = x
@@ -85,13 +85,13 @@ def _f32_from_bits(typingctx, i):
     return types.float32(types.int32), codegen
 
 
-@njit(**JIT)
+@njit(**HELPER)
 def _pow2_f32(n):
     # 2^n for an int32 n in the normal exponent range [-126, 127]
     return _f32_from_bits((n + np.int32(127)) << np.int32(23))
 
 
-@njit(**dict(JIT, fastmath={"contract"}))   # FMAs: faster, and no less accurate
+@njit(**dict(HELPER, fastmath={"contract"}))   # FMAs: faster, and no less accurate
 def exp_f32(x):
     # x float32 -> float32; NaN propagates, +inf -> inf, -inf -> 0
     c = x
