@@ -95,16 +95,9 @@ def start_helper(driver, driver_sig, kernels, dtype, later=()):
     if not drivers and len(todo) < MIN_KERNELS:
         return None
     drivers += [(n, tuple(sig)) for n, sig in later if not is_cached(getattr(K, n), sig)]
-    payload = base64.b64encode(pickle.dumps((dtype.name, todo, drivers))).decode()
-    env = dict(os.environ)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)   # this very fastbp
-    try:
-        # (a session of its own: a Ctrl-C in the terminal, which ends the fit, leaves the compile to finish)
-        proc = subprocess.Popen([sys.executable, "-m", "fastbp._compile", payload], env=env,
-                                start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-    except OSError:
+    work = (dtype.name, todo, drivers)
+    proc = _fork(work) if _can_fork() else _spawn(work)
+    if proc is None:
         return None
     if _OWNER[0] != os.getpid():       # first helper of this process (or of a fork of one that had some)
         _OWNER[0] = os.getpid()
@@ -115,6 +108,98 @@ def start_helper(driver, driver_sig, kernels, dtype, later=()):
     for n, sig in drivers:
         _PENDING.setdefault(n, []).append((proc, sig))
     return proc
+
+
+def _can_fork():
+    # A fork only where it is safe: Linux, and no other Python thread that could hold a lock the
+    # child needs (a notebook's kernel, Dask's or tqdm's threads: those get a new interpreter);
+    # FASTBP_COMPILE_HELPER=spawn always starts one
+    import threading
+    return (sys.platform.startswith("linux") and hasattr(os, "fork") and os.environ.get(ENV) != "spawn"
+            and threading.active_count() == 1)
+
+
+def _spawn(work):
+    # the helper as a new interpreter: python -m fastbp._compile PAYLOAD
+    payload = base64.b64encode(pickle.dumps(work)).decode()
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)   # this very fastbp
+    try:
+        # (a session of its own: a Ctrl-C in the terminal, which ends the fit, leaves the compile to finish)
+        return subprocess.Popen([sys.executable, "-m", "fastbp._compile", payload], env=env,
+                                start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+    except OSError:
+        return None
+
+
+class _Forked:
+    """The few methods of subprocess.Popen that a helper needs, for a forked child."""
+
+    def __init__(self, pid):
+        self.pid, self.returncode = pid, None
+
+    def poll(self):
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:     # (reaped by someone else: a SIGCHLD handler)
+                self.returncode = 0
+            else:
+                if pid:
+                    self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout=None):
+        end = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if end is not None and time.monotonic() >= end:
+                raise subprocess.TimeoutExpired(f"fastbp compile helper {self.pid}", timeout)
+            time.sleep(0.01)
+        return self.returncode
+
+
+def _fork(work):
+    """The helper as a fork of this process: it compiles from the first moment, where a new
+    interpreter first spends 0.5-1.2 s importing NumPy, Numba and fastbp and setting up Numba's
+    compiler (on the 2-core Zen 3 that was a third of a cold first batch). The fork is made
+    holding Numba's compiler lock (no compile of this process is halfway in it; only ``_can_fork``'s
+    one Python thread exists), and the child only compiles into the cache, in a session of its
+    own, with the standard streams on /dev/null and no other file of this process open, and
+    leaves through os._exit (no atexit handler, no flush of this process's buffers)."""
+    import signal
+    import warnings
+    from numba.core.compiler_lock import global_compiler_lock
+    with global_compiler_lock, warnings.catch_warnings():
+        # (Python >= 3.12 warns of a fork beside native threads: OpenBLAS's idle pool; the child
+        # runs no BLAS and takes no lock that such a thread could hold)
+        warnings.filterwarnings("ignore", message=".*fork", category=DeprecationWarning)
+        try:
+            pid = os.fork()
+        except OSError:
+            return None
+        if pid == 0:                                # the helper
+            code = 1
+            try:
+                os.setsid()
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    signal.signal(sig, signal.SIG_DFL)
+                null = os.open(os.devnull, os.O_RDWR)
+                for fd in (0, 1, 2):
+                    os.dup2(null, fd)
+                for fd in [int(f) for f in os.listdir("/proc/self/fd")]:
+                    if fd > 2:
+                        try:
+                            os.close(fd)
+                        except OSError:
+                            pass
+                global_compiler_lock.release()
+                _compile_all(*work)
+                code = 0
+            finally:
+                os._exit(code)
+    return _Forked(pid)
 
 
 def _compiling(name):
@@ -187,7 +272,11 @@ def wait_for_helpers(timeout=None):
 def main(argv=None):
     """The helper: compile the kernels, then the drivers, named in the payload."""
     argv = sys.argv[1:] if argv is None else argv
-    dtype, kernels, drivers = pickle.loads(base64.b64decode(argv[0]))
+    _compile_all(*pickle.loads(base64.b64decode(argv[0])))
+    return 0
+
+
+def _compile_all(dtype, kernels, drivers):
     from ._config import busy
     from .kernels import network as K, table
     for family, code in kernels:     # (the fit's own process needs them, not this one: skip what it compiles)
@@ -196,7 +285,6 @@ def main(argv=None):
             table.address(family, code, dtype)
     for name, sig in drivers:
         getattr(K, name).compile(sig)
-    return 0
 
 
 if __name__ == "__main__":

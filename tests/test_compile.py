@@ -13,6 +13,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 
 import fastbp as fb
 from fastbp import _compile
@@ -64,12 +65,14 @@ print(json.dumps({"compiled here": sorted(d.py_func.__name__ for d in {*T.KERNEL
                   "interpreted": sorted(set(calls)), "interpreted calls": calls.count("train_epoch"),
                   "compiled": bool(K.train_epoch.overloads), "epochs": epochs,
                   "helpers": [p.pid for p in _compile._HELPERS],
+                  "forked": [isinstance(p, _compile._Forked) for p in _compile._HELPERS],
                   "params": net.params.tolist(), "P0": P0.tolist(), "P": P.tolist()}))
 """
 
 
 def _run(cache, helper, **net_kw):
-    env = dict(os.environ, NUMBA_CACHE_DIR=str(cache), FASTBP_COMPILE_HELPER="1" if helper else "0")
+    # helper: True (a fork of the child), "spawn" (a new interpreter) or False (none)
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(cache), FASTBP_COMPILE_HELPER={True: "1", False: "0"}.get(helper, helper))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
     for v in _compile._MPI_ENV:
         env.pop(v, None)
@@ -108,7 +111,7 @@ def test_a_cold_fit_trains_interpreted_while_a_helper_compiles_and_trains_the_sa
     assert "train_epoch" not in cold["compiled here"] and "loss_all" not in cold["compiled here"]
     assert cold["interpreted"] == ["loss_all", "train_epoch"] and cold["compiled"]
     assert cold["interpreted calls"] >= 1 and cold["epochs"] > 1
-    assert len(cold["helpers"]) == 1 and _gone(cold["helpers"][0])
+    assert len(cold["helpers"]) == 1 and cold["forked"] == [True] and _gone(cold["helpers"][0])
     # bit for bit as this process trains, from the cache the suite's warmup filled (or its own compile)
     net, P0, P, _ = _train(cold["epochs"])
     assert cold["params"] == net.params.tolist() and cold["P0"] == P0.tolist() and cold["P"] == P.tolist()
@@ -116,9 +119,11 @@ def test_a_cold_fit_trains_interpreted_while_a_helper_compiles_and_trains_the_sa
     warm = _run(tmp_path, True)
     assert warm["helpers"] == [] and warm["compiled here"] == [] and warm["interpreted"] == []
     # the drivers cached, five new kernels (elu's and batch norm's): a helper shares them, nothing
-    # runs interpreted
-    new = _run(tmp_path, True, activation="elu", norm="batch")
-    assert len(new["helpers"]) == 1 and _gone(new["helpers"][0]) and new["interpreted"] == []
+    # runs interpreted; this time the helper is a new interpreter (FASTBP_COMPILE_HELPER=spawn, as
+    # where a fork is not safe: _can_fork)
+    new = _run(tmp_path, "spawn", activation="elu", norm="batch")
+    assert len(new["helpers"]) == 1 and new["forked"] == [False] and _gone(new["helpers"][0])
+    assert new["interpreted"] == []
     assert set(new["compiled here"]) <= {"elu_f", "elu_b", "batchnorm_f", "batchnorm_b", "batchnorm_u"}
     assert new["compiled here"], "this process compiles its share (the first ones) itself"
     # two new kernels (relu's): no helper
@@ -129,6 +134,7 @@ def test_no_helper_when_the_driver_is_cached_or_it_is_turned_off(monkeypatch):
     net = fb.Network([3, 4, 2], seed=0)
     X, y = np.zeros((8, 3), np.float32), np.arange(8) % 2
     net.fit(X, y, epochs=1, verbose=0)            # this process has the driver now
+    _compile.wait_for_helpers()                   # (and a helper it started on a cold cache is done)
     sig = next(iter(K.train_epoch.overloads))
     assert _compile.is_cached(K.train_epoch, sig)
     assert _compile.start_helper(K.train_epoch, sig, [("act_f", 1)], np.float32) is None
@@ -158,3 +164,44 @@ def test_busy_tells_that_another_process_compiles_a_kernel(tmp_path):
         holder.kill()
         holder.wait()
     assert not busy(disp, sig)
+
+
+_CAN_FORK = r"""
+import os, threading
+from fastbp import _compile
+out = [_compile._can_fork()]
+os.environ["FASTBP_COMPILE_HELPER"] = "spawn"
+out.append(_compile._can_fork())
+del os.environ["FASTBP_COMPILE_HELPER"]
+stop = threading.Event()
+other = threading.Thread(target=stop.wait)
+other.start()
+out.append(_compile._can_fork())     # (a notebook's, Dask's or tqdm's threads: a new interpreter)
+stop.set(); other.join()
+out.append(_compile._can_fork())
+print(out)
+"""
+
+
+def test_a_fork_only_where_no_other_python_thread_runs():
+    # (in a process of its own: the test process may have threads of its own, pytest-xdist's)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p))
+    env.pop("FASTBP_COMPILE_HELPER", None)
+    out = subprocess.run([sys.executable, "-c", _CAN_FORK], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    linux = sys.platform.startswith("linux")
+    assert out.stdout.split() == [f"[{linux},", "False,", "False,", f"{linux}]"]
+
+
+def test_a_forked_helper_is_waited_for_and_reaped():
+    if not hasattr(os, "fork"):
+        pytest.skip("no os.fork on this platform (the helper is then always a new interpreter)")
+    pid = os.fork()
+    if pid == 0:
+        time.sleep(0.3)
+        os._exit(3)
+    proc = _compile._Forked(pid)
+    assert proc.poll() is None
+    with pytest.raises(subprocess.TimeoutExpired):
+        proc.wait(0.05)
+    assert proc.wait(30) == 3 and proc.poll() == 3 and not _alive(pid)
